@@ -1,0 +1,26 @@
+"""Datasets and benchmarks: the Task/Benchmark contract and the registered benchmarks."""
+
+from clipcl.data import smoke as _smoke  # noqa: F401  (registers 'smoke')
+from clipcl.data.task import (
+    Benchmark,
+    Protocol,
+    Task,
+    TensorImageDataset,
+    benchmark_names,
+    benchmark_train_defaults,
+    check_benchmark_name,
+    get_benchmark,
+    register_benchmark,
+)
+
+__all__ = [
+    "Benchmark",
+    "Protocol",
+    "Task",
+    "TensorImageDataset",
+    "benchmark_names",
+    "benchmark_train_defaults",
+    "check_benchmark_name",
+    "get_benchmark",
+    "register_benchmark",
+]

@@ -1,0 +1,121 @@
+"""The data contract: a ``Task`` (classes, prompts, splits) and a ``Benchmark`` (ordered tasks).
+
+Datasets yield ``(image, label)`` with ``image`` a uint8 tensor (3, H, W) and ``label`` the index
+into the task's own ``class_names``. Resizing and normalisation happen on the model's device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import Dataset
+
+from clipcl.errors import unknown_name
+
+Protocol = Literal["til", "cil"]
+
+
+class TensorImageDataset(Dataset):
+    """In-memory images (N, 3, H, W) uint8 with integer labels (N,)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
+        if labels.shape != (images.shape[0],):
+            raise ValueError("labels must have shape (N,)")
+        self.images = images
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+@dataclass(frozen=True)
+class Task:
+    """One dataset (TIL) or one group of classes (CIL) of a benchmark.
+
+    Attributes:
+        name: Unique name within the benchmark (also the key for per-task settings).
+        class_names: Names of this task's classes; labels index into them.
+        templates: Prompt templates with one ``{}``; ``templates[0]`` is the training template,
+            the whole tuple is the evaluation ensemble.
+        train: Training split.
+        test: Test split.
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    templates: tuple[str, ...]
+    train: Dataset
+    test: Dataset
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """An ordered sequence of tasks and the protocol used to evaluate it.
+
+    ``til``: every test image is classified among its own task's classes (MTIL).
+    ``cil``: after task t, test images of all seen tasks are classified among all seen classes.
+    """
+
+    name: str
+    protocol: Protocol
+    tasks: tuple[Task, ...]
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+
+BenchmarkFactory = Callable[..., Benchmark]
+_REGISTRY: dict[str, BenchmarkFactory] = {}
+_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def register_benchmark(
+    name: str, train_defaults: dict[str, Any] | None = None
+) -> Callable[[BenchmarkFactory], BenchmarkFactory]:
+    """Decorator: register a benchmark factory under ``name``.
+
+    ``train_defaults`` are ``TrainConfig`` values this benchmark's protocol prescribes (e.g. the
+    small embedded benchmarks train for fewer steps); a sweep or ``--set`` still overrides them.
+    """
+
+    def deco(fn: BenchmarkFactory) -> BenchmarkFactory:
+        _REGISTRY[name] = fn
+        _TRAIN_DEFAULTS[name] = dict(train_defaults or {})
+        return fn
+
+    return deco
+
+
+def benchmark_train_defaults(name: str) -> dict[str, Any]:
+    check_benchmark_name(name)
+    return dict(_TRAIN_DEFAULTS[name])
+
+
+def benchmark_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def check_benchmark_name(name: str) -> None:
+    if name not in _REGISTRY:
+        raise unknown_name("benchmark", name, _REGISTRY)
+
+
+def get_benchmark(name: str, data_root: str | None = None) -> Benchmark:
+    """Build the benchmark registered as ``name`` (datasets are read or generated here)."""
+    check_benchmark_name(name)
+    return _REGISTRY[name](data_root=data_root)

@@ -1,0 +1,94 @@
+"""The ``Method`` contract: hooks called at fixed points of the worker's single training loop.
+
+Loop order per task (see ``clipcl.workers.train``)::
+
+    method.before_task(ctx)                      # choose trainable params, add heads, ...
+    for each step:
+        outputs = forward(batch)                 # logits (B, C), image_features (B, D)
+        loss = CE(outputs.logits, y) + method.extra_loss(batch, outputs)
+        loss.backward()
+        method.after_backward()                  # may edit .grad
+        optimizer.step(); method.after_step()    # may edit the update / the weights
+        scheduler.step()
+    method.after_task(ctx, loader)               # statistics, projectors, ensembling
+
+``setup(model)`` runs once per chain before anything else (and before a checkpoint's method state
+is restored with ``load_state_dict``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch.utils.data import DataLoader
+
+from clipcl.data import Benchmark, Task
+from clipcl.models import ClipModel
+
+
+class MethodConfig(BaseModel):
+    """Base of every method's knobs: strict (unknown keys and wrong types fail at load)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a hook knows about the task at hand."""
+
+    index: int
+    task: Task
+    benchmark: Benchmark
+
+
+@dataclass
+class StepOutputs:
+    """Forward results of one training step, handed to ``extra_loss``."""
+
+    logits: torch.Tensor  # (B, C) scaled cosine logits over the current task's classes
+    image_features: torch.Tensor  # (B, D) L2-normalised
+
+
+class Method:
+    """Base class: a no-op continual learner that trains whatever ``setup`` leaves trainable."""
+
+    name: ClassVar[str] = "base"
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    #: False for methods that never train (the loop then skips optimisation entirely).
+    trains: ClassVar[bool] = True
+
+    def __init__(self, config: MethodConfig) -> None:
+        self.config = config
+        self.model: ClipModel | None = None
+
+    def setup(self, model: ClipModel) -> None:
+        """Called once per chain with the freshly built model."""
+        self.model = model
+
+    def before_task(self, ctx: TaskContext) -> None:
+        """Called before training task ``ctx.index``; may set ``requires_grad`` and add heads."""
+
+    def extra_loss(
+        self, batch: tuple[torch.Tensor, torch.Tensor], outputs: StepOutputs
+    ) -> torch.Tensor | None:
+        """A loss term added to the cross-entropy; must not mutate state."""
+        return None
+
+    def after_backward(self) -> None:
+        """Called after ``loss.backward()``, before the optimizer step; may edit gradients."""
+
+    def after_step(self) -> None:
+        """Called after ``optimizer.step()``; may edit the weights (e.g. project the update)."""
+
+    def after_task(self, ctx: TaskContext, loader: DataLoader) -> None:
+        """Called after training task ``ctx.index``, before its checkpoint and evaluation."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state that must survive a resume (tensors, numbers, strings, lists, dicts)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""

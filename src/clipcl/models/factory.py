@@ -1,0 +1,158 @@
+"""Thin wrapper over open_clip's factory: configs, offline weight resolution, device, precision.
+
+Architectures are open_clip model names (``ViT-B-16``) or project configs shipped as open_clip JSON
+files in ``models/configs`` and registered at import (``clipcl-tiny``, alias ``tiny``). Weights come
+from a local file or an open_clip pretrained tag already in the local cache; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+import open_clip
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from clipcl.errors import ClipclError, did_you_mean, unknown_name
+from clipcl.models.clip import ClipModel
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+ALIASES = {"tiny": "clipcl-tiny"}
+Precision = Literal["fp32", "bf16", "fp16"]
+
+_registered = False
+
+
+def register_project_configs() -> None:
+    """Register every JSON config in ``models/configs`` with open_clip (idempotent)."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+class ModelConfig(BaseModel):
+    """Which CLIP to build and from which weights."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: str = Field("ViT-B-16", description="open_clip model name or project alias ('tiny').")
+    pretrained: str | None = Field(
+        None,
+        description="Local checkpoint path, open_clip tag in the local cache, or None for random"
+        " initialisation.",
+    )
+
+
+def resolve_arch(arch: str) -> str:
+    """Map an alias to an open_clip name and check that open_clip knows it."""
+    register_project_configs()
+    name = ALIASES.get(arch, arch)
+    known = open_clip.list_models()
+    if name not in known:
+        raise unknown_name("model", arch, [*ALIASES, *known])
+    return name
+
+
+def _cached_tag_file(arch: str, tag: str, cache_dir: str | None) -> Path:
+    """Return the local file of an open_clip pretrained tag, or raise if it is not cached."""
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        raise ClipclError(
+            f"pretrained '{tag}' is neither an existing file nor a known open_clip tag for "
+            f"'{arch}'{did_you_mean(tag, tags)}; known tags: {', '.join(tags) or 'none'}"
+        )
+    hub = cfg.get("hf_hub", "")
+    url = cfg.get("url", "")
+    where: list[str] = []
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(hub)
+        for fname in (
+            [filename]
+            if filename
+            else ["open_clip_pytorch_model.bin", "open_clip_model.safetensors"]
+        ):
+            found = try_to_load_from_cache(repo, fname, cache_dir=cache_dir)
+            if isinstance(found, str) and Path(found).is_file():
+                return Path(found)
+            where.append(f"Hugging Face cache entry {repo}/{fname}")
+    if url:
+        path = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        if path.is_file():
+            return path
+        where.append(str(path))
+    raise ClipclError(
+        f"pretrained '{arch}/{tag}' is not in the local cache (looked for: {'; '.join(where)}); "
+        "nothing is downloaded at run time: copy the weights file there or pass its path"
+    )
+
+
+def resolve_pretrained(
+    arch: str, pretrained: str | None, cache_dir: str | None = None
+) -> Path | None:
+    """Return the weights file to load for ``pretrained``, or None for random init."""
+    if pretrained is None or pretrained.lower() == "none":
+        return None
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return path
+    looks_like_path = os.sep in pretrained or path.suffix in {".pt", ".pth", ".bin", ".safetensors"}
+    if looks_like_path:
+        raise ClipclError(f"pretrained checkpoint not found: {path} (no such file)")
+    return _cached_tag_file(arch, pretrained, cache_dir)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when present, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """Autocast context for the chosen compute precision (weights stay fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def build_model(config: ModelConfig, device: torch.device | None = None) -> ClipModel:
+    """Build the CLIP described by ``config`` on ``device`` (fp32 master weights)."""
+    name = resolve_arch(config.arch)
+    weights = resolve_pretrained(name, config.pretrained)
+    device = device or pick_device()
+    # open_clip warns about random init at WARNING level; we decide that explicitly.
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+    clip = open_clip.create_model(name, pretrained=None, device="cpu")
+    if weights is not None:
+        try:
+            open_clip.load_checkpoint(clip, str(weights), weights_only=True)
+        except Exception as exc:  # a wrong or damaged file: say which
+            raise ClipclError(
+                f"could not load pretrained weights for '{name}' from {weights}: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            ) from exc
+    tokenizer = open_clip.get_tokenizer(name)
+    pp = clip.visual.preprocess_cfg if hasattr(clip.visual, "preprocess_cfg") else {}
+    image_size = clip.visual.image_size
+    image_size = image_size[0] if isinstance(image_size, tuple | list) else int(image_size)
+    model = ClipModel(
+        clip,
+        tokenizer,
+        image_size=image_size,
+        mean=tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(pp.get("std", open_clip.OPENAI_DATASET_STD)),
+        arch=name,
+    )
+    return model.to(device)
+
+
+register_project_configs()

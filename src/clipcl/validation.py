@@ -1,0 +1,88 @@
+"""Strict config loading helpers: ``--set key=value`` overrides and one-line validation errors.
+
+Every error names where the value came from (a file or a flag), the dotted key, the bad value and
+what is allowed, with a did-you-mean for misspelt keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from clipcl.errors import ClipclError, did_you_mean
+
+
+def parse_scalar(text: str) -> Any:
+    """Parse an override value: JSON (numbers, true/false/null, lists, objects) or a bare string."""
+    lowered = text.strip().lower()
+    if lowered in {"true", "false"}:
+        return lowered == "true"
+    if lowered in {"none", "null", "~"}:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str = "--set") -> dict:
+    """Return a copy of ``data`` with each ``key.path=value`` applied (nested dicts are created)."""
+    out = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ClipclError(f"{source} '{item}': expected KEY=VALUE, e.g. train.lr=1e-4")
+        key, _, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ClipclError(f"{source} '{item}': empty component in key '{key}'")
+        node = out
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ClipclError(f"{source} '{item}': '{p}' is a value, not a section")
+            node = child
+        node[parts[-1]] = parse_scalar(raw)
+    return out
+
+
+def _fields_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str] | None:
+    """Allowed field names of the (nested) model that ``loc`` points into."""
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        ann = fields[part].annotation
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    fields = getattr(current, "model_fields", None)
+    return list(fields) if fields is not None else None
+
+
+def format_validation_error(
+    err: ValidationError, model: type[BaseModel], source: str, prefix: str = ""
+) -> str:
+    """Turn pydantic's first error into ``source: key.path: problem; allowed ...``."""
+    e = err.errors()[0]
+    loc = [str(p) for p in e["loc"]]
+    key = ".".join([prefix, *loc] if prefix else loc)
+    if e["type"] == "extra_forbidden":
+        allowed = _fields_at(model, loc[:-1]) or []
+        return (
+            f"{source}: unknown key '{key}'{did_you_mean(loc[-1], allowed)}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+    if e["type"] == "missing":
+        return f"{source}: missing required key '{key}'"
+    got = e.get("input")
+    return f"{source}: {key}: {e['msg']} (got {got!r})"
+
+
+def validate(model: type[BaseModel], data: Mapping[str, Any], source: str, prefix: str = ""):
+    """``model.model_validate(data)`` with errors converted to ``ClipclError``."""
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as err:
+        raise ClipclError(format_validation_error(err, model, source, prefix)) from None

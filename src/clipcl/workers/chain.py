@@ -1,0 +1,261 @@
+"""``run_chain``: train one model task after task, checkpoint, evaluate, record — resumably.
+
+Per task ``k``: seed → ``before_task`` → train → ``after_task`` → checkpoint (atomic, SHA-256)
+→ evaluate every eval task → append rows (fsync) → mark ``k`` finished in ``state.json``.
+Re-running the same spec in the same run directory resumes after the last finished task whose
+checkpoint verifies; a missing or corrupt checkpoint sends that task back to be recomputed.
+Every task is seeded from (seed, k) alone, so a resumed chain is bit-identical on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipcl.data import Benchmark, get_benchmark
+from clipcl.durable import atomic_write_json
+from clipcl.errors import ClipclError
+from clipcl.methods import Method, TaskContext, create_method
+from clipcl.models import (
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    pick_device,
+    save_checkpoint,
+)
+from clipcl.results.metrics import cil_metrics, mtil_metrics
+from clipcl.results.records import ZEROSHOT, ChainRecords
+from clipcl.workers.evaluate import evaluate
+from clipcl.workers.spec import ChainSpec
+from clipcl.workers.train import make_loader, train_task
+
+
+class ChainProgress:
+    """Receives progress events; the base class ignores them (the CLI draws rich bars)."""
+
+    def message(self, text: str) -> None: ...
+
+    def task_started(self, index: int, name: str, steps: int) -> None: ...
+
+    def step(self, index: int, step: int, steps: int, loss: float) -> None: ...
+
+    def task_finished(self, index: int, name: str, accuracies: list[float]) -> None: ...
+
+
+@dataclass
+class ChainResult:
+    """Outcome of a finished chain."""
+
+    chain_id: str
+    protocol: str
+    tasks: list[str]
+    matrix: np.ndarray  # (T, T) percent; NaN where not evaluated (CIL upper triangle)
+    counts: np.ndarray  # (T,) test images per eval task
+    zeroshot: np.ndarray  # (T,) accuracy of the pretrained model
+    metrics: dict[str, Any] = field(default_factory=dict)
+    trained_now: list[int] = field(default_factory=list)  # tasks (re)trained by this call
+
+    def to_json(self) -> dict[str, Any]:
+        def clean(a: np.ndarray) -> list:
+            return [None if np.isnan(v) else round(float(v), 6) for v in a]
+
+        return {
+            "chain_id": self.chain_id,
+            "protocol": self.protocol,
+            "tasks": self.tasks,
+            "matrix": [clean(r) for r in self.matrix],
+            "zeroshot": clean(self.zeroshot),
+            "metrics": self.metrics,
+        }
+
+
+def seed_everything(seed: int, task_index: int) -> int:
+    """Seed python, numpy and torch from (chain seed, task index); return the derived seed."""
+    derived = (seed * 1_000_003 + task_index + 1) % (2**31)
+    random.seed(derived)
+    np.random.seed(derived)
+    torch.manual_seed(derived)
+    return derived
+
+
+def chain_metrics(protocol: str, matrix: np.ndarray, counts: np.ndarray) -> dict[str, Any]:
+    if protocol == "til":
+        return mtil_metrics(matrix).to_dict()
+    return cil_metrics(matrix, counts=list(counts)).to_dict()
+
+
+def _prepare_run_dir(spec: ChainSpec, records: ChainRecords) -> None:
+    records.run_dir.mkdir(parents=True, exist_ok=True)
+    if records.spec_path.is_file():
+        existing = json.loads(records.spec_path.read_text())
+        other = ChainSpec.model_validate(existing)
+        if other.chain_id != spec.chain_id:
+            raise ClipclError(
+                f"{records.run_dir} holds chain {other.chain_id}, not "
+                f"{spec.chain_id}; use another run directory"
+            )
+    else:
+        atomic_write_json(records.spec_path, spec.model_dump(mode="json"))
+
+
+def _resume(records: ChainRecords, model, method: Method, progress: ChainProgress) -> int:
+    """Restore the latest finished task with a valid checkpoint; return the next task index."""
+    state = records.load_state()
+    completed = {int(k): v for k, v in state["completed"].items()}
+    start = 0
+    for k in sorted(completed, reverse=True):
+        info = completed[k]
+        if info.get("checkpoint") is None and not method.trains:
+            start = k + 1
+            break
+        if info.get("checkpoint") is None:
+            continue
+        try:
+            ckpt = load_checkpoint(
+                records.run_dir / info["checkpoint"], info["sha256"], map_location=model.device
+            )
+        except CheckpointError as exc:
+            progress.message(f"{exc}; task {k} will be recomputed")
+            state.setdefault("events", []).append(
+                {"event": "bad_checkpoint", "task": k, "detail": str(exc), "time": time.time()}
+            )
+            continue
+        model.load_state_dict(ckpt["model"])
+        method.load_state_dict(ckpt["method"])
+        start = k + 1
+        break
+    state["completed"] = {str(k): v for k, v in completed.items() if k < start}
+    records.save_state(state)
+    return start
+
+
+def _prune_checkpoints(records: ChainRecords, keep: int) -> None:
+    if keep <= 0:
+        return
+    state = records.load_state()
+    with_ckpt = sorted(int(k) for k, v in state["completed"].items() if v.get("checkpoint"))
+    for k in with_ckpt[:-keep]:
+        (records.run_dir / state["completed"][str(k)]["checkpoint"]).unlink(missing_ok=True)
+        state["completed"][str(k)]["checkpoint"] = None
+    records.save_state(state)
+
+
+def load_result(
+    spec: ChainSpec,
+    benchmark: Benchmark,
+    records: ChainRecords,
+    trained_now: list[int] | None = None,
+) -> ChainResult:
+    """Assemble the accuracy matrix and metrics from a chain's durable records."""
+    T = len(benchmark.tasks)
+    matrix, counts = records.matrix(T)
+    result = ChainResult(
+        spec.chain_id,
+        benchmark.protocol,
+        benchmark.task_names,
+        matrix,
+        counts,
+        records.zeroshot_accuracies(T),
+        trained_now=trained_now or [],
+    )
+    if len(records.completed()) == T:
+        result.metrics = chain_metrics(benchmark.protocol, matrix, counts)
+    return result
+
+
+def run_chain(
+    spec: ChainSpec,
+    run_dir: Path,
+    *,
+    data_root: str | None = None,
+    device: str | None = None,
+    progress: ChainProgress | None = None,
+) -> ChainResult:
+    """Run (or resume) the chain ``spec`` in ``run_dir``; return its matrix and metrics."""
+    progress = progress or ChainProgress()
+    records = ChainRecords(Path(run_dir))
+    benchmark = get_benchmark(spec.benchmark, data_root=data_root)
+    dev = pick_device(device)
+    seed_everything(spec.seed, -1)  # random-init weights (pretrained: none) depend on the seed
+    model = build_model(spec.model, dev)
+    method = create_method(spec.method_name, {k: v for k, v in spec.method.items() if k != "name"})
+    _prepare_run_dir(spec, records)  # only once inputs are known good: bad input writes nothing
+    method.setup(model)
+    eval_kw = dict(
+        batch_size=spec.eval.batch_size,
+        precision=spec.train.precision,
+        num_workers=spec.train.num_workers,
+    )
+
+    if not records.load_state().get("zeroshot_done"):
+        progress.message("evaluating the pretrained model (zero-shot row)")
+        records.append_rows(evaluate(model, benchmark, ZEROSHOT, spec.chain_id, **eval_kw))
+        state = records.load_state()
+        state["zeroshot_done"] = True
+        records.save_state(state)
+
+    start = _resume(records, model, method, progress)
+    if start == len(benchmark.tasks):
+        progress.message(f"all {start} tasks already finished")
+    elif start > 0:
+        progress.message(f"resuming after task {start} of {len(benchmark.tasks)}")
+    trained_now = []
+    for k in range(start, len(benchmark.tasks)):
+        task = benchmark.tasks[k]
+        ctx = TaskContext(index=k, task=task, benchmark=benchmark)
+        derived = seed_everything(spec.seed, k)
+        loader = make_loader(
+            task.train,
+            spec.train.batch_size,
+            shuffle=True,
+            seed=derived,
+            num_workers=spec.train.num_workers,
+            pin_memory=dev.type == "cuda",
+        )
+        t0 = time.time()
+        method.before_task(ctx)
+        if method.trains:
+            steps = spec.train.iterations or spec.train.epochs * len(loader)
+            progress.task_started(k, task.name, steps)
+            train_task(
+                model,
+                method,
+                ctx,
+                spec.train,
+                loader,
+                on_step=lambda s, n, loss, k=k: progress.step(k, s, n, loss),
+            )
+        method.after_task(ctx, loader)
+        ckpt_info: dict[str, Any] = {"checkpoint": None, "sha256": None}
+        if method.trains:
+            path = records.checkpoint_path(k)
+            sha = save_checkpoint(
+                {
+                    "model": model.state_dict(),
+                    "method": method.state_dict(),
+                    "task_index": k,
+                    "chain_id": spec.chain_id,
+                },
+                path,
+            )
+            ckpt_info = {"checkpoint": str(path.relative_to(records.run_dir)), "sha256": sha}
+        rows = evaluate(model, benchmark, k, spec.chain_id, **eval_kw)
+        records.append_rows(rows)
+        state = records.load_state()
+        state["completed"][str(k)] = {
+            **ckpt_info,
+            "seconds": round(time.time() - t0, 3),
+            "finished_at": time.time(),
+        }
+        records.save_state(state)
+        _prune_checkpoints(records, spec.keep_checkpoints)
+        trained_now.append(k)
+        progress.task_finished(k, task.name, [r.top1 for r in rows])
+    return load_result(spec, benchmark, records, trained_now)

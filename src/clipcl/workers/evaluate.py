@@ -1,0 +1,90 @@
+"""Evaluation of a checkpoint on every task's test set under the benchmark's protocol."""
+
+from __future__ import annotations
+
+import torch
+
+from clipcl.data import Benchmark, Task
+from clipcl.models import ClipModel, Precision, autocast
+from clipcl.results.records import ZEROSHOT, EvalRow
+from clipcl.workers.train import make_loader
+
+
+def classifier_for(model: ClipModel, task: Task, precision: Precision) -> torch.Tensor:
+    """The task's learned head if it has one, else its template-ensemble class embeddings (C, D)."""
+    head = model.head(task.name)
+    if head is not None:
+        return head.detach().float()
+    with autocast(model.device, precision):
+        return model.class_embeddings(task.class_names, task.templates).float()
+
+
+@torch.no_grad()
+def _count_correct(
+    model: ClipModel,
+    task: Task,
+    classifier: torch.Tensor,
+    offset: int,
+    batch_size: int,
+    precision: Precision,
+    num_workers: int,
+) -> tuple[int, int]:
+    loader = make_loader(
+        task.test,
+        batch_size,
+        shuffle=False,
+        seed=0,
+        num_workers=num_workers,
+        pin_memory=model.device.type == "cuda",
+    )
+    correct = total = 0
+    for images, labels in loader:
+        with autocast(model.device, precision):
+            feats = model.encode_image(model.preprocess(images)).float()  # (B, D)
+        pred = (feats @ classifier.t()).argmax(dim=-1).cpu()  # (B,)
+        correct += int((pred == labels + offset).sum())
+        total += int(labels.numel())
+    return correct, total
+
+
+@torch.no_grad()
+def evaluate(
+    model: ClipModel,
+    benchmark: Benchmark,
+    trained_index: int,
+    chain_id: str,
+    *,
+    batch_size: int = 256,
+    precision: Precision = "fp32",
+    num_workers: int = 0,
+) -> list[EvalRow]:
+    """Rows for the checkpoint after task ``trained_index`` (``ZEROSHOT`` = before task 1).
+
+    ``til``: every task's test images among its own classes.
+    ``cil``: the test images of each seen task among all seen classes (the zero-shot pass,
+    having seen no task, uses every class of the benchmark).
+    """
+    model.eval()
+    tasks = benchmark.tasks
+    trained_name = "zeroshot" if trained_index == ZEROSHOT else tasks[trained_index].name
+    rows: list[EvalRow] = []
+
+    def row(i: int, correct: int, total: int) -> EvalRow:
+        return EvalRow(chain_id, trained_index, trained_name, i, tasks[i].name, correct, total)
+
+    if benchmark.protocol == "til":
+        for i, task in enumerate(tasks):
+            clf = classifier_for(model, task, precision)
+            rows.append(
+                row(i, *_count_correct(model, task, clf, 0, batch_size, precision, num_workers))
+            )
+        return rows
+    seen = tasks if trained_index == ZEROSHOT else tasks[: trained_index + 1]
+    clf = torch.cat([classifier_for(model, t, precision) for t in seen])  # (sum C, D)
+    offset = 0
+    for i, task in enumerate(seen):
+        rows.append(
+            row(i, *_count_correct(model, task, clf, offset, batch_size, precision, num_workers))
+        )
+        offset += task.num_classes
+    return rows

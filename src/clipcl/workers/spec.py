@@ -1,0 +1,110 @@
+"""``ChainSpec``: everything that defines one continual-learning run, with a stable ``chain_id``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from clipcl.data import benchmark_train_defaults
+from clipcl.errors import ClipclError
+from clipcl.methods import method_class
+from clipcl.models import ModelConfig, Precision, resolve_arch
+from clipcl.validation import apply_overrides, validate
+
+
+class TrainConfig(BaseModel):
+    """Optimisation knobs shared by every training method (ZSCL's MTIL defaults)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: float = Field(1e-5, gt=0, description="AdamW peak learning rate.")
+    lr_per_task: dict[str, float] = Field(
+        default_factory=dict, description="Learning rate overrides by task name."
+    )
+    batch_size: int = Field(64, ge=1, description="Training batch size.")
+    iterations: int | None = Field(1000, ge=1, description="Optimizer steps per task.")
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="Passes over the task's data (instead of iterations; set iterations to null).",
+    )
+    warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps, then cosine decay.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    label_smoothing: float = Field(0.2, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    grad_clip_norm: float | None = Field(None, gt=0, description="Clip the gradient norm.")
+    precision: Precision = Field("fp32", description="Compute precision (autocast); weights fp32.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainConfig:
+        if (self.iterations is None) == (self.epochs is None):
+            raise ValueError("set exactly one of train.iterations and train.epochs")
+        return self
+
+
+class EvalConfig(BaseModel):
+    """Evaluation knobs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int = Field(256, ge=1, description="Evaluation batch size.")
+
+
+class ChainSpec(BaseModel):
+    """One chain: a model trained task after task over a benchmark by one method and seed.
+
+    ``method`` holds ``name`` plus that method's config keys (validated by the method's config
+    class and stored with defaults filled in, so equal runs hash equally).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    benchmark: str
+    method: dict[str, Any]
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    seed: int = 0
+    keep_checkpoints: int = Field(2, ge=0, description="Checkpoints kept per chain (0 = all).")
+
+    @property
+    def method_name(self) -> str:
+        return str(self.method["name"])
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def chain_id(self) -> str:
+        """Short hash of the canonical resolved spec: equal specs share a run directory."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
+
+    @classmethod
+    def build(
+        cls, data: Mapping[str, Any], source: str = "spec", overrides: Sequence[str] = ()
+    ) -> ChainSpec:
+        """Validate raw data (plus ``key=value`` overrides) into a resolved spec or raise
+        ``ClipclError`` naming the source, the key and what is allowed."""
+        raw = apply_overrides(dict(data), overrides)
+        method = raw.get("method")
+        if isinstance(method, str):
+            method = {"name": method}
+        if not isinstance(method, dict) or "name" not in method:
+            raise ClipclError(f"{source}: method: expected a name or a mapping with 'name'")
+        knobs = {k: v for k, v in method.items() if k != "name"}
+        name = str(method["name"])
+        cls_ = method_class(name)
+        resolved = validate(cls_.Config, knobs, source, prefix="method")
+        raw["method"] = {"name": name, **resolved.model_dump(mode="json")}
+        if "benchmark" in raw:
+            train = raw.get("train") or {}
+            if not isinstance(train, dict):
+                raise ClipclError(f"{source}: train: expected a mapping, got {train!r}")
+            raw["train"] = {**benchmark_train_defaults(str(raw["benchmark"])), **train}
+        spec = validate(cls, raw, source)
+        resolve_arch(spec.model.arch)
+        return spec
