@@ -16,7 +16,7 @@ class CheckpointError(Exception):
 
 
 def save_checkpoint(obj: dict[str, Any], path: Path) -> str:
-    """Serialise ``obj`` (tensors, numbers, strings, lists, dicts) to ``path``; return its SHA-256."""
+    """Serialise ``obj`` (tensors, numbers, strings, lists, dicts) to ``path``; return SHA-256."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(Path(path), buf.getvalue())

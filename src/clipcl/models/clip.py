@@ -93,7 +93,7 @@ class ClipModel(nn.Module):
         return self.heads[key]
 
     def head(self, key: str) -> torch.Tensor | None:
-        return self.heads[key] if key in self.heads else None
+        return self.heads[key] if key in self.heads else None  # noqa: SIM401 (ParameterDict)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         # Heads are created lazily; make room for those in the checkpoint before loading.
