@@ -9,11 +9,12 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import clipcl
-from clipcl.errors import ClipclError
+from clipcl.errors import ClipclError, did_you_mean
 
 app = typer.Typer(
     add_completion=False,
@@ -88,8 +89,11 @@ def score(
     from clipcl.results.matrix_io import load_matrix
     from clipcl.results.metrics import cil_metrics, mtil_metrics
 
+    protocol = protocol.lower()
     if protocol not in {"mtil", "cil"}:
-        raise ClipclError(f"--protocol '{protocol}': allowed: mtil, cil")
+        raise ClipclError(
+            f"--protocol '{protocol}'{did_you_mean(protocol, ['mtil', 'cil'])}: allowed: mtil, cil"
+        )
     loaded = load_matrix(file)
     if protocol == "mtil":
         metrics = mtil_metrics(loaded.matrix).to_dict()
@@ -166,9 +170,6 @@ def chain_run(
         console=err,
         transient=as_json,
     ) as bars:
-        bars.console.print(
-            f"chain {spec.chain_id}: {method} on {benchmark} (seed {seed}) → {run_dir}"
-        )
         result = run_chain(
             spec, run_dir, data_root=data_root, device=device, progress=_RichChainProgress(bars)
         )  # type: ignore[arg-type]
@@ -184,16 +185,28 @@ def chain_run(
     _print_metrics(payload["protocol"], payload["metrics"])
 
 
+# typer vendors click; its usage errors (missing option, bad int) share this base class.
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+    sys.exit(2)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except ClipclError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(escape(str(exc)))
+    except _UsageError as exc:
+        where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) else ""
+        _fail(escape(where + " ".join(exc.format_message().split())))
     except KeyboardInterrupt:
         err.print("interrupted; finished tasks are kept and a re-run resumes")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

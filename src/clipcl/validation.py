@@ -76,8 +76,10 @@ def format_validation_error(
         )
     if e["type"] == "missing":
         return f"{source}: missing required key '{key}'"
-    got = e.get("input")
-    return f"{source}: {key}: {e['msg']} (got {got!r})"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "value_error" and isinstance(e.get("input"), dict):
+        return f"{source}: {key or 'spec'}: {msg}"  # a check across several keys
+    return f"{source}: {key}: {msg} (got {e.get('input')!r})"
 
 
 def validate(model: type[BaseModel], data: Mapping[str, Any], source: str, prefix: str = ""):

@@ -3,11 +3,12 @@
 from clipcl.data import smoke as _smoke  # noqa: F401  (registers 'smoke')
 from clipcl.data.task import (
     Benchmark,
+    BenchmarkInfo,
     Protocol,
     Task,
     TensorImageDataset,
+    benchmark_info,
     benchmark_names,
-    benchmark_train_defaults,
     check_benchmark_name,
     get_benchmark,
     register_benchmark,
@@ -19,7 +20,8 @@ __all__ = [
     "Task",
     "TensorImageDataset",
     "benchmark_names",
-    "benchmark_train_defaults",
+    "BenchmarkInfo",
+    "benchmark_info",
     "check_benchmark_name",
     "get_benchmark",
     "register_benchmark",

@@ -112,6 +112,8 @@ def _split(gen_fn, num_classes: int, per_class: int, seed: int) -> TensorImageDa
 
 @register_benchmark(
     "smoke",
+    protocol="til",
+    task_names=list(_TASKS),
     train_defaults={"iterations": 60, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10},
 )
 def smoke_benchmark(data_root: str | None = None) -> Benchmark:

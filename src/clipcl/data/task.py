@@ -7,7 +7,7 @@ into the task's own ``class_names``. Resizing and normalisation happen on the mo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -81,29 +81,44 @@ class Benchmark:
 
 BenchmarkFactory = Callable[..., Benchmark]
 _REGISTRY: dict[str, BenchmarkFactory] = {}
-_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {}
+_INFO: dict[str, BenchmarkInfo] = {}
+_CACHE: dict[tuple[str, str | None], Benchmark] = {}
+
+
+@dataclass(frozen=True)
+class BenchmarkInfo:
+    """What is known about a benchmark without reading or generating its data."""
+
+    name: str
+    protocol: Protocol
+    task_names: tuple[str, ...]
+    train_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 def register_benchmark(
-    name: str, train_defaults: dict[str, Any] | None = None
+    name: str,
+    protocol: Protocol,
+    task_names: list[str] | tuple[str, ...],
+    train_defaults: dict[str, Any] | None = None,
 ) -> Callable[[BenchmarkFactory], BenchmarkFactory]:
     """Decorator: register a benchmark factory under ``name``.
 
+    ``task_names`` (in training order) let specs be checked and sweeps planned without data.
     ``train_defaults`` are ``TrainConfig`` values this benchmark's protocol prescribes (e.g. the
     small embedded benchmarks train for fewer steps); a sweep or ``--set`` still overrides them.
     """
 
     def deco(fn: BenchmarkFactory) -> BenchmarkFactory:
         _REGISTRY[name] = fn
-        _TRAIN_DEFAULTS[name] = dict(train_defaults or {})
+        _INFO[name] = BenchmarkInfo(name, protocol, tuple(task_names), dict(train_defaults or {}))
         return fn
 
     return deco
 
 
-def benchmark_train_defaults(name: str) -> dict[str, Any]:
+def benchmark_info(name: str) -> BenchmarkInfo:
     check_benchmark_name(name)
-    return dict(_TRAIN_DEFAULTS[name])
+    return _INFO[name]
 
 
 def benchmark_names() -> list[str]:
@@ -118,4 +133,12 @@ def check_benchmark_name(name: str) -> None:
 def get_benchmark(name: str, data_root: str | None = None) -> Benchmark:
     """Build the benchmark registered as ``name`` (datasets are read or generated here)."""
     check_benchmark_name(name)
-    return _REGISTRY[name](data_root=data_root)
+    key = (name, data_root)
+    if key in _CACHE:  # generated/loaded data is immutable: build it once per process
+        return _CACHE[key]
+    bench = _REGISTRY[name](data_root=data_root)
+    info = _INFO[name]
+    if tuple(bench.task_names) != info.task_names or bench.protocol != info.protocol:
+        raise RuntimeError(f"benchmark '{name}' does not match its registration")
+    _CACHE[key] = bench
+    return bench

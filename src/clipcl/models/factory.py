@@ -17,7 +17,7 @@ import open_clip
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from clipcl.errors import ClipclError, did_you_mean, unknown_name
+from clipcl.errors import ClipclError, did_you_mean
 from clipcl.models.clip import ClipModel
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -54,7 +54,12 @@ def resolve_arch(arch: str) -> str:
     name = ALIASES.get(arch, arch)
     known = open_clip.list_models()
     if name not in known:
-        raise unknown_name("model", arch, [*ALIASES, *known])
+        examples = ", ".join([*ALIASES, "ViT-B-16", "ViT-B-32", "ViT-L-14", "RN50"])
+        raise ClipclError(
+            f"unknown model '{arch}'{did_you_mean(arch, [*ALIASES, *known])}; allowed: "
+            f"{examples} or any of the {len(known)} open_clip architectures "
+            "(open_clip.list_models())"
+        )
     return name
 
 
@@ -110,10 +115,25 @@ def resolve_pretrained(
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """``device`` if given, else CUDA when present, else CPU."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` if given (validated), else CUDA when present, else CPU."""
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    allowed = "cpu, cuda, cuda:N"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ClipclError(f"device '{device}' is not a device; allowed: {allowed}") from None
+    if dev.type not in {"cpu", "cuda"}:
+        raise ClipclError(f"device '{device}' is not supported; allowed: {allowed}")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ClipclError(f"device '{device}': no CUDA GPU is visible on this machine")
+        if dev.index is not None and dev.index >= count:
+            raise ClipclError(
+                f"device '{device}': only {count} CUDA GPU(s) visible (cuda:0..cuda:{count - 1})"
+            )
+    return dev
 
 
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:

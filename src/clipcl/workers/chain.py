@@ -92,7 +92,12 @@ def chain_metrics(protocol: str, matrix: np.ndarray, counts: np.ndarray) -> dict
 
 
 def _prepare_run_dir(spec: ChainSpec, records: ChainRecords) -> None:
-    records.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        records.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ClipclError(
+            f"cannot create the run directory {records.run_dir}: {exc.strerror or exc}"
+        ) from None
     if records.spec_path.is_file():
         existing = json.loads(records.spec_path.read_text())
         other = ChainSpec.model_validate(existing)
@@ -187,6 +192,10 @@ def run_chain(
     model = build_model(spec.model, dev)
     method = create_method(spec.method_name, {k: v for k, v in spec.method.items() if k != "name"})
     _prepare_run_dir(spec, records)  # only once inputs are known good: bad input writes nothing
+    progress.message(
+        f"chain {spec.chain_id}: {spec.method_name} on {spec.benchmark} "
+        f"(seed {spec.seed}) → {records.run_dir}"
+    )
     method.setup(model)
     eval_kw = dict(
         batch_size=spec.eval.batch_size,

@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from clipcl.data import benchmark_train_defaults
-from clipcl.errors import ClipclError
+from clipcl.data import benchmark_info
+from clipcl.errors import ClipclError, did_you_mean
 from clipcl.methods import method_class
 from clipcl.models import ModelConfig, Precision, resolve_arch
 from clipcl.validation import apply_overrides, validate
@@ -100,11 +100,21 @@ class ChainSpec(BaseModel):
         cls_ = method_class(name)
         resolved = validate(cls_.Config, knobs, source, prefix="method")
         raw["method"] = {"name": name, **resolved.model_dump(mode="json")}
+        info = None
         if "benchmark" in raw:
+            info = benchmark_info(str(raw["benchmark"]))
             train = raw.get("train") or {}
             if not isinstance(train, dict):
                 raise ClipclError(f"{source}: train: expected a mapping, got {train!r}")
-            raw["train"] = {**benchmark_train_defaults(str(raw["benchmark"])), **train}
+            raw["train"] = {**info.train_defaults, **train}
         spec = validate(cls, raw, source)
         resolve_arch(spec.model.arch)
+        if info is not None:
+            for task in spec.train.lr_per_task:
+                if task not in info.task_names:
+                    raise ClipclError(
+                        f"{source}: train.lr_per_task: unknown task '{task}'"
+                        f"{did_you_mean(task, info.task_names)}; tasks of '{info.name}': "
+                        f"{', '.join(info.task_names)}"
+                    )
         return spec

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny specs on the smoke benchmark and a small class-incremental benchmark."""
+
+from __future__ import annotations
+
+import pytest
+
+from clipcl.data import Benchmark, Task, get_benchmark, register_benchmark
+from clipcl.workers import ChainSpec
+
+
+@register_benchmark(
+    "test-cil",
+    protocol="cil",
+    task_names=["part0", "part1", "part2"],
+    train_defaults={"iterations": 8, "batch_size": 32, "lr": 1e-3, "warmup_steps": 2},
+)
+def _test_cil(data_root: str | None = None) -> Benchmark:
+    """The smoke tasks' 12 classes split class-incrementally into 3 tasks of 4 classes."""
+    smoke = get_benchmark("smoke")
+    tasks = tuple(
+        Task(f"part{i}", t.class_names, t.templates, t.train, t.test)
+        for i, t in enumerate(smoke.tasks)
+    )
+    return Benchmark(name="test-cil", protocol="cil", tasks=tasks)
+
+
+def tiny_spec(
+    method: str = "finetune",
+    benchmark: str = "smoke",
+    iterations: int = 8,
+    seed: int = 0,
+    **method_kw,
+) -> ChainSpec:
+    return ChainSpec.build(
+        {
+            "model": {"arch": "tiny"},
+            "benchmark": benchmark,
+            "method": {"name": method, **method_kw},
+            "train": {"iterations": iterations, "batch_size": 32, "warmup_steps": 2},
+            "seed": seed,
+        }
+    )
+
+
+@pytest.fixture
+def spec_factory():
+    return tiny_spec

@@ -1,0 +1,373 @@
+"""End-to-end tests of the ``clipcl`` console script: the bad-input contract and two happy paths.
+
+Contract for bad input: exactly one non-empty line on stderr starting with ``error:`` that names
+the offending thing (file, flag or key) and says what is allowed (with a did-you-mean where a
+close name exists), exit code 2, no Python traceback, nothing on stdout and nothing written (the
+``--root`` directory of ``chain run`` is never created).
+
+The parametrised cases call ``clipcl.cli.main`` in-process (same code path as the console script,
+without paying torch's import time per case); ``test_console_script_*`` run the installed script
+in a subprocess to cover the entry point itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+_SCRIPT = Path(sys.executable).parent / "clipcl"
+_BASE_CMD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "clipcl.cli"]
+# A narrow, colourless terminal: a long message must still come out as a single line.
+_ENV = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"}
+_ERROR_TIMEOUT_S = 180
+_CHAIN_TIMEOUT_S = 900
+
+
+def _clipcl(*args: str | Path, timeout: int = _ERROR_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run ``clipcl ARGS`` in-process through ``clipcl.cli.main``; capture exit code and output."""
+    from clipcl.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["clipcl", *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def _clipcl_subprocess(*args: str | Path, timeout: int = _ERROR_TIMEOUT_S):
+    """Run the installed console script in a subprocess."""
+    return subprocess.run(
+        [*_BASE_CMD, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_ENV,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _assert_user_error(proc: subprocess.CompletedProcess, expected: list[str]) -> None:
+    """Check the one-line ``error:`` contract and that every expected substring is present."""
+    report = (
+        f"exit code {proc.returncode}\n--- stderr ---\n{proc.stderr}\n--- stdout ---\n{proc.stdout}"
+    )
+    assert "Traceback" not in proc.stderr, report
+    assert proc.returncode == 2, report
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected exactly one non-empty stderr line\n{report}"
+    line = lines[0]
+    assert line.startswith("error:"), report
+    for text in expected:
+        assert text in line, f"{text!r} missing from the error line\n{report}"
+    assert proc.stdout.strip() == "", f"nothing may be printed on stdout\n{report}"
+
+
+# --------------------------------------------------------------------------------------------
+# chain run: every case must fail during validation, before any run directory is written.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChainCase:
+    options: dict[str, str] = field(default_factory=dict)  # replaces a default option's value
+    extra: tuple[str, ...] = ()  # appended after the default options
+    expected: tuple[str, ...] = ()
+
+
+_CHAIN_DEFAULTS = {
+    "--model": "tiny",
+    "--benchmark": "smoke",
+    "--method": "finetune",
+    "--seed": "0",
+}
+
+_TRAIN_MODES = ("whole", "image", "text", "image-fc", "fc")
+
+CHAIN_CASES = {
+    # --- the cases from the brief ---
+    "unknown-model": ChainCase(
+        options={"--model": "tinyy"}, expected=("tinyy", "did you mean 'tiny'")
+    ),
+    "unknown-benchmark": ChainCase(
+        options={"--benchmark": "smok"}, expected=("smok", "did you mean 'smoke'")
+    ),
+    "unknown-method": ChainCase(
+        options={"--method": "fintune"}, expected=("fintune", "did you mean 'finetune'")
+    ),
+    "set-unknown-key": ChainCase(
+        extra=("--set", "train.lrr=1e-3"), expected=("train.lrr", "did you mean 'lr'")
+    ),
+    "set-wrong-type": ChainCase(
+        extra=("--set", "train.iterations=abc"), expected=("train.iterations", "abc")
+    ),
+    "set-bad-enum": ChainCase(
+        extra=("--set", "method.train_mode=everything"),
+        expected=("method.train_mode", "everything", *(f"'{m}'" for m in _TRAIN_MODES)),
+    ),
+    "set-without-equals": ChainCase(
+        extra=("--set", "train.lr"), expected=("KEY=VALUE", "train.lr")
+    ),
+    "set-unknown-method-key": ChainCase(
+        extra=("--set", "method.lr=1"), expected=("method.lr", "train_mode")
+    ),
+    "pretrained-missing-file": ChainCase(
+        options={"--pretrained": "/nonexistent/w.pt"}, expected=("/nonexistent/w.pt",)
+    ),
+    "pretrained-unknown-tag": ChainCase(options={"--pretrained": "notatag"}, expected=("notatag",)),
+    # --- more spec validation ---
+    "set-bad-precision": ChainCase(
+        extra=("--set", "train.precision=fp8"),
+        expected=("train.precision", "fp8", "'fp32'", "'bf16'", "'fp16'"),
+    ),
+    "set-out-of-range": ChainCase(extra=("--set", "train.lr=-1"), expected=("train.lr",)),
+    "set-eval-batch-size-zero": ChainCase(
+        extra=("--set", "eval.batch_size=0"), expected=("eval.batch_size",)
+    ),
+    "set-unknown-top-level-key": ChainCase(
+        extra=("--set", "foo=1"), expected=("'foo'", "allowed:", "train")
+    ),
+    "set-empty-key-component": ChainCase(extra=("--set", ".lr=1"), expected=(".lr",)),
+    "set-section-replaced-by-value": ChainCase(extra=("--set", "train=5"), expected=("train",)),
+    "set-seed-wrong-type": ChainCase(extra=("--set", "seed=abc"), expected=("seed", "abc")),
+    "set-model-arch": ChainCase(
+        extra=("--set", "model.arch=tinyy"), expected=("tinyy", "did you mean 'tiny'")
+    ),
+    "set-model-pretrained-missing-file": ChainCase(
+        extra=("--set", "model.pretrained=/nonexistent/x.pt"), expected=("/nonexistent/x.pt",)
+    ),
+    "set-benchmark": ChainCase(
+        extra=("--set", "benchmark=smok"), expected=("smok", "did you mean 'smoke'")
+    ),
+    "set-method-name": ChainCase(
+        extra=("--set", "method.name=fintune"), expected=("fintune", "did you mean 'finetune'")
+    ),
+    # A misspelt task name in lr_per_task silently does nothing; it is an unknown key like any
+    # other. (iterations=1 keeps the run short if the CLI wrongly starts training.)
+    "set-lr-per-task-unknown-task": ChainCase(
+        extra=("--set", "train.lr_per_task.colrs=1e-3", "--set", "train.iterations=1"),
+        expected=("colrs", "did you mean 'colors'"),
+    ),
+    # --- flags that typer/torch parse ---
+    "seed-not-an-int": ChainCase(options={"--seed": "abc"}, expected=("--seed", "integer")),
+    "device-unknown": ChainCase(extra=("--device", "banana"), expected=("banana",)),
+}
+
+
+def _chain_args(case: ChainCase, root: Path) -> list[str]:
+    options = {**_CHAIN_DEFAULTS, **case.options}
+    args = ["chain", "run"]
+    for flag, value in options.items():
+        args += [flag, value]
+    return [*args, "--root", str(root), *case.extra]
+
+
+@pytest.mark.parametrize("case", list(CHAIN_CASES.values()), ids=list(CHAIN_CASES))
+def test_chain_run_bad_input(tmp_path: Path, case: ChainCase) -> None:
+    root = tmp_path / "root"
+    proc = _clipcl(*_chain_args(case, root))
+    _assert_user_error(proc, list(case.expected))
+    assert not root.exists(), f"bad input must write nothing, but {root} was created"
+
+
+def test_chain_run_root_is_under_a_file(tmp_path: Path) -> None:
+    """``--root`` that cannot be a directory is the user's input too: one line, not a crash."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory\n", encoding="utf-8")
+    root = blocker / "root"
+    args = _chain_args(ChainCase(extra=("--set", "train.iterations=1")), root)
+    proc = _clipcl(*args)
+    _assert_user_error(proc, [str(blocker)])
+    assert blocker.read_text(encoding="utf-8") == "not a directory\n"
+
+
+# --------------------------------------------------------------------------------------------
+# score
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoreCase:
+    filename: str
+    content: str | None  # None: the file is not created
+    protocol: str | None  # None: --protocol is left out
+    expected: tuple[str, ...]
+
+
+SCORE_CASES = {
+    "missing-file": ScoreCase("missing.csv", None, "mtil", ("missing.csv", "not found")),
+    "missing-json-file-cil": ScoreCase("missing.json", None, "cil", ("missing.json", "not found")),
+    "txt-suffix": ScoreCase(
+        "matrix.txt", "1,2\n3,4\n", "mtil", ("matrix.txt", "'.txt'", ".csv", ".npy", ".json")
+    ),
+    "non-square-csv": ScoreCase(
+        "wide.csv", "1,2,3\n4,5,6\n", "mtil", ("wide.csv", "square", "2 x 3")
+    ),
+    "malformed-json": ScoreCase(
+        "broken.json", '{"matrix": [[1, 2], [3, 4]', "cil", ("broken.json", "invalid JSON")
+    ),
+    "protocol-foo": ScoreCase("ok.csv", "1,2\n3,4\n", "foo", ("--protocol", "foo", "mtil", "cil")),
+    # --- more file problems ---
+    "empty-csv": ScoreCase("empty.csv", "", "mtil", ("empty.csv", "empty")),
+    "ragged-csv": ScoreCase("ragged.csv", "1,2\n3,4,5\n", "cil", ("ragged.csv", "ragged")),
+    "non-numeric-cell": ScoreCase(
+        "cell.csv", "1,2\n3,oops\n", "mtil", ("cell.csv", "'oops'", "line 2", "column 2")
+    ),
+    "mtil-with-empty-cell": ScoreCase("hole.csv", "1,\n3,4\n", "mtil", ("MTIL", "NaN")),
+    "cil-nan-below-diagonal": ScoreCase("low.csv", "1,\n,4\n", "cil", ("CIL", "NaN")),
+    "json-misspelt-key": ScoreCase(
+        "key.json", '{"matrx": [[1]]}', "cil", ("key.json", "matrx", "did you mean 'matrix'")
+    ),
+    "json-string-entry": ScoreCase(
+        "str.json", '[[1, "x"], [1, 2]]', "cil", ("str.json", "'x'", "row 1")
+    ),
+    "npy-garbage": ScoreCase("garbage.npy", "not numpy\n", "cil", ("garbage.npy",)),
+    "protocol-typo": ScoreCase(
+        "ok.csv", "1,2\n3,4\n", "mtl", ("--protocol", "mtl", "did you mean 'mtil'")
+    ),
+    "protocol-missing": ScoreCase("ok.csv", "1,2\n3,4\n", None, ("--protocol",)),
+}
+
+
+@pytest.mark.parametrize("case", list(SCORE_CASES.values()), ids=list(SCORE_CASES))
+@pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+def test_score_bad_input(tmp_path: Path, case: ScoreCase, as_json: bool) -> None:
+    path = tmp_path / case.filename
+    if case.content is not None:
+        path.write_text(case.content, encoding="utf-8")
+    args: list[str | Path] = ["score", path]
+    if case.protocol is not None:
+        args += ["--protocol", case.protocol]
+    if as_json:
+        args.append("--json")
+    _assert_user_error(_clipcl(*args), list(case.expected))
+    assert sorted(p.name for p in tmp_path.iterdir()) == (
+        [case.filename] if case.content is not None else []
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# positive paths
+# --------------------------------------------------------------------------------------------
+
+# MTIL matrix, rows = after task t, columns = eval task i:
+#     80 20 30
+#     70 90 40
+#     60 85 95
+# Transfer: column 2 above the diagonal = {20} -> 20; column 3 = {30, 40} -> 35;
+#           mean(20, 35) = 27.5
+# Avg:      (80+20+30 + 70+90+40 + 60+85+95) / 9 = 570 / 9 = 63.333...
+# Last:     (60 + 85 + 95) / 3 = 240 / 3 = 80
+MTIL_CSV = "80,20,30\n70,90,40\n60,85,95\n"
+MTIL_EXPECTED = {"transfer": 27.5, "avg": 570 / 9, "last": 80.0}
+
+# CIL matrix, upper triangle empty:
+#     90  .  .
+#     80 70  .
+#     60 75 85
+# row means over i <= t: 90, (80+70)/2 = 75, (60+75+85)/3 = 220/3 = 73.333...
+# avg        = (90 + 75 + 220/3) / 3 = (270 + 225 + 220) / 9 = 715 / 9 = 79.444...
+# last       = 220 / 3 = 73.333...
+# forgetting = mean(max(90, 80) - 60, max(70) - 75) = mean(30, -5) = 12.5
+# bwt        = mean(60 - 90, 75 - 70) = mean(-30, 5) = -12.5
+CIL_CSV = "90,,\n80,70,\n60,75,85\n"
+CIL_EXPECTED = {
+    "avg": 715 / 9,
+    "last": 220 / 3,
+    "forgetting": 12.5,
+    "bwt": -12.5,
+    "acc_per_step": [90.0, 75.0, 220 / 3],
+}
+
+
+@pytest.mark.parametrize(
+    ("protocol", "text", "expected"),
+    [("mtil", MTIL_CSV, MTIL_EXPECTED), ("cil", CIL_CSV, CIL_EXPECTED)],
+    ids=["mtil", "cil"],
+)
+def test_score_json_hand_computed(
+    tmp_path: Path, protocol: str, text: str, expected: dict[str, object]
+) -> None:
+    path = tmp_path / "acc.csv"
+    path.write_text(text, encoding="utf-8")
+    proc = _clipcl("score", "--protocol", protocol, path, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    got = json.loads(proc.stdout)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+
+
+def _mtil_by_hand(matrix: list[list[float]]) -> dict[str, float]:
+    n = len(matrix)
+    above = [sum(matrix[t][i] for t in range(i)) / i for i in range(1, n)]
+    return {
+        "transfer": sum(above) / len(above),
+        "avg": sum(map(sum, matrix)) / (n * n),
+        "last": sum(matrix[-1]) / n,
+    }
+
+
+@pytest.mark.slow
+def test_chain_run_json_and_finished_resume(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    args = [
+        *_chain_args(ChainCase(), root),
+        "--json",
+        "--set",
+        "train.iterations=5",
+    ]
+    first = _clipcl_subprocess(*args, timeout=_CHAIN_TIMEOUT_S)
+    assert first.returncode == 0, first.stderr
+    assert "Traceback" not in first.stderr
+    payload = json.loads(first.stdout)
+
+    assert set(payload) == {"chain_id", "protocol", "tasks", "matrix", "metrics"}
+    assert payload["protocol"] == "til"
+    assert payload["tasks"] == ["colors", "shapes", "stripes"]
+    matrix = payload["matrix"]
+    assert len(matrix) == 3 and all(len(row) == 3 for row in matrix)
+    for row in matrix:
+        for value in row:
+            assert isinstance(value, float) and math.isfinite(value) and 0.0 <= value <= 100.0
+    metrics = payload["metrics"]
+    assert {"transfer", "avg", "last"} <= set(metrics)
+    for key, value in _mtil_by_hand(matrix).items():
+        assert metrics[key] == pytest.approx(value, abs=1e-9), key
+    assert (root / "chains" / payload["chain_id"]).is_dir()
+
+    second = _clipcl_subprocess(*args, timeout=_CHAIN_TIMEOUT_S)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout
+    assert "already finished" in second.stderr
+    assert "done; accuracies" not in second.stderr, "a finished chain must not train again"
+
+
+@pytest.mark.parametrize("case", ["unknown-method", "set-unknown-key"])
+def test_console_script_reports_bad_input_in_one_line(tmp_path: Path, case: str) -> None:
+    root = tmp_path / "root"
+    proc = _clipcl_subprocess(*_chain_args(CHAIN_CASES[case], root))
+    _assert_user_error(proc, list(CHAIN_CASES[case].expected))
+    assert not root.exists()
+
+
+def test_console_script_usage_error_and_version() -> None:
+    proc = _clipcl_subprocess("score", "m.csv")
+    _assert_user_error(proc, ["--protocol"])
+    version = _clipcl_subprocess("--version")
+    assert version.returncode == 0 and version.stdout.startswith("clipcl ")
