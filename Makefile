@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/clipcl chain run --model tiny --benchmark smoke --method zeroshot --root runs/demo
-	$(BIN)/clipcl chain run --model tiny --benchmark smoke --method finetune --root runs/demo
+	$(BIN)/clipcl zeroshot --model tiny --benchmark mini-mtil
+	$(BIN)/clipcl chain run --model tiny --benchmark mini-mtil --method zeroshot --root runs/demo
+	$(BIN)/clipcl chain run --model tiny --benchmark mini-mtil --method finetune --root runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -31,6 +32,7 @@ lint: $(STAMP)
 	$(BIN)/mypy src/clipcl
 
 bench: $(STAMP)
+	$(BIN)/python bench/world.py
 	$(BIN)/python bench/train_step.py
 
 clean:

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from clipcl.data import Benchmark, Task, TensorImageDataset
+from clipcl.errors import ClipclError
 from clipcl.methods import TaskContext, create_method
 from clipcl.models import ModelConfig, build_model, pick_device, resolve_arch
 from clipcl.workers.spec import TrainConfig
@@ -339,8 +340,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = pick_device(args.device)
-    for m in args.models:
-        resolve_arch(m)  # fail fast on a typo, before any model is built
+    try:
+        for m in args.models:
+            resolve_arch(m)  # fail fast on a typo, before any model is built
+    except ClipclError as exc:
+        log(f"error: {exc}")
+        return 2
     t_start = time.perf_counter()
     busy = other_cpu_busy()
     log(

@@ -18,8 +18,9 @@ from clipcl.models import (
     load_checkpoint,
     save_checkpoint,
 )
+from clipcl.schedules import warmup_cosine
 from clipcl.workers import TrainConfig
-from clipcl.workers.train import make_loader, train_task, warmup_cosine
+from clipcl.workers.train import make_loader, train_task
 
 
 @pytest.fixture(scope="module")

@@ -107,8 +107,28 @@ def score(
     _print_metrics(protocol, metrics)
 
 
+def _bars(transient: bool = False) -> Progress:
+    """Progress bars on stderr; when stderr is no terminal (a log file), bars are off and
+    ``_tick`` prints a plain line every 10 % instead."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=transient,
+        disable=not err.is_terminal,
+    )
+
+
+def _tick(bars: Progress, bar: Any, label: str, step: int, steps: int, loss: float) -> None:
+    bars.update(bar, completed=step, description=f"{label} loss {loss:.3f}")
+    if bars.disable and (step % max(1, steps // 10) == 0 or step == steps):
+        err.print(f"{label}: step {step}/{steps} loss {loss:.4f}", highlight=False)
+
+
 class _RichChainProgress:
-    """Draws a bar per task on stderr."""
+    """Draws a bar per task on stderr (plain lines when stderr is a log file)."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
@@ -121,9 +141,7 @@ class _RichChainProgress:
         self.bars[index] = self.progress.add_task(f"task {index + 1} {name}", total=steps)
 
     def step(self, index: int, step: int, steps: int, loss: float) -> None:
-        self.progress.update(
-            self.bars[index], completed=step, description=f"task {index + 1} loss {loss:.3f}"
-        )
+        _tick(self.progress, self.bars[index], f"task {index + 1}", step, steps, loss)
 
     def task_finished(self, index: int, name: str, accuracies: list[float]) -> None:
         accs = " ".join(f"{a:.1f}" for a in accuracies)
@@ -162,14 +180,7 @@ def chain_run(
     spec = ChainSpec.build(data, source="chain run", overrides=overrides)
     resolve_pretrained(resolve_arch(spec.model.arch), spec.model.pretrained)
     run_dir = root / "chains" / spec.chain_id
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=as_json,
-    ) as bars:
+    with _bars(transient=as_json) as bars:
         result = run_chain(
             spec, run_dir, data_root=data_root, device=device, progress=_RichChainProgress(bars)
         )  # type: ignore[arg-type]
@@ -183,6 +194,101 @@ def chain_run(
         return
     _print_matrix(payload["tasks"], payload["matrix"], payload["zeroshot"])
     _print_metrics(payload["protocol"], payload["metrics"])
+
+
+def _zeroshot_table(
+    model, benchmark_name: str, data_root: str | None = None, batch_size: int = 256
+) -> dict[str, dict[str, float | int]]:
+    from clipcl.data import get_benchmark
+    from clipcl.results.records import ZEROSHOT
+    from clipcl.workers.evaluate import evaluate
+
+    bench = get_benchmark(benchmark_name, data_root=data_root)
+    if bench.protocol == "cil":
+        raise ClipclError(
+            f"zeroshot: '{benchmark_name}' is class-incremental; use a task-"
+            "incremental benchmark such as mini-mtil"
+        )
+    rows = evaluate(model, bench, ZEROSHOT, "zeroshot", batch_size=batch_size)
+    return {
+        r.eval_name: {
+            "accuracy": round(r.top1, 4),
+            "num_classes": bench.tasks[r.eval_task].num_classes,
+        }
+        for r in rows
+    }
+
+
+@app.command()
+def zeroshot(
+    model: str = typer.Option("tiny", "--model", help="open_clip architecture or 'tiny'."),
+    benchmark: str = typer.Option("mini-mtil", "--benchmark", help="Task-incremental benchmark."),
+    pretrained: str | None = typer.Option(
+        None, "--pretrained", help="Weights (default: the architecture's default weights)."
+    ),
+    data_root: str | None = typer.Option(None, "--data-root", help="Root of local datasets."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: auto)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+) -> None:
+    """Zero-shot accuracy of a CLIP on every dataset of a benchmark."""
+    from clipcl.data import check_benchmark_name
+    from clipcl.models import ModelConfig, build_model, default_pretrained, pick_device
+
+    check_benchmark_name(benchmark)
+    weights = default_pretrained(model) if pretrained is None else pretrained
+    clip = build_model(ModelConfig(arch=model, pretrained=weights), pick_device(device))
+    table = _zeroshot_table(clip, benchmark, data_root)
+    if as_json:
+        print(json.dumps({"datasets": table}))
+        return
+    t = Table(title=f"zero-shot accuracy (%) of {model} ({weights}) on {benchmark}")
+    t.add_column("dataset")
+    t.add_column("classes", justify="right")
+    t.add_column("chance", justify="right")
+    t.add_column("accuracy", justify="right")
+    for name, row in table.items():
+        t.add_row(
+            name, str(row["num_classes"]), _fmt(100 / row["num_classes"]), _fmt(row["accuracy"])
+        )
+    out.print(t)
+
+
+@app.command("pretrain-tiny")
+def pretrain_tiny_cmd(
+    out_path: Path = typer.Option(
+        ...,
+        "--out",
+        help="Where to write the weights (.pt); the provenance goes next to it (.json).",
+    ),
+    steps: int = typer.Option(2500, "--steps", min=1, help="Optimizer steps."),
+    batch_size: int = typer.Option(256, "--batch-size", min=2, help="Captioned images per step."),
+    lr: float = typer.Option(5e-4, "--lr", min=0.0, help="AdamW peak learning rate."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation and data."),
+) -> None:
+    """Pretrain the tiny CLIP contrastively on the procedural world (deterministic, CPU)."""
+    import time
+
+    from clipcl.models.pretrain import pretrain_tiny, provenance, save_pretrained
+
+    if out_path.suffix != ".pt":
+        raise ClipclError(f"--out '{out_path}': expected a .pt file name")
+    start = time.time()
+    with _bars() as bars:
+        bar = bars.add_task("pretraining", total=steps)
+        model = pretrain_tiny(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            on_step=lambda s, n, loss: _tick(bars, bar, "pretraining", s, n, loss),
+        )
+    seconds = time.time() - start
+    table = _zeroshot_table(model, "mini-mtil")
+    args = {"out": str(out_path), "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed}
+    sha = save_pretrained(model, out_path, provenance(args, seconds, table))
+    out.print(f"wrote {out_path} (sha256 {sha[:12]}) in {seconds / 60:.1f} min")
+    for name, row in table.items():
+        out.print(f"  {name:16s} {row['accuracy']:6.1f}%  (chance {100 / row['num_classes']:.1f}%)")
 
 
 # typer vendors click; its usage errors (missing option, bad int) share this base class.

@@ -1,5 +1,6 @@
 """Datasets and benchmarks: the Task/Benchmark contract and the registered benchmarks."""
 
+from clipcl.data import mini as _mini  # noqa: F401  (registers mini-mtil, mini-cil)
 from clipcl.data import smoke as _smoke  # noqa: F401  (registers 'smoke')
 from clipcl.data.task import (
     Benchmark,

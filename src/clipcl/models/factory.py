@@ -99,12 +99,32 @@ def _cached_tag_file(arch: str, tag: str, cache_dir: str | None) -> Path:
     )
 
 
+PACKAGED = {("clipcl-tiny", "clipcl-tiny"): Path(__file__).parent / "weights" / "clipcl-tiny.pt"}
+
+
+def default_pretrained(arch: str) -> str:
+    """The weights an architecture gets when none are named: the packaged tiny CLIP for
+    ``tiny``, OpenAI's for architectures that have them, else random initialisation."""
+    name = resolve_arch(arch)
+    if name == "clipcl-tiny":
+        return "clipcl-tiny"
+    return "openai" if "openai" in open_clip.list_pretrained_tags_by_model(name) else "none"
+
+
 def resolve_pretrained(
     arch: str, pretrained: str | None, cache_dir: str | None = None
 ) -> Path | None:
     """Return the weights file to load for ``pretrained``, or None for random init."""
     if pretrained is None or pretrained.lower() == "none":
         return None
+    packaged = PACKAGED.get((arch, pretrained))
+    if packaged is not None:
+        if not packaged.is_file():
+            raise ClipclError(
+                f"packaged weights missing: {packaged} (regenerate them with "
+                f"`clipcl pretrain-tiny --out {packaged}`)"
+            )
+        return packaged
     path = Path(pretrained).expanduser()
     if path.is_file():
         return path

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from clipcl.data import benchmark_info
 from clipcl.errors import ClipclError, did_you_mean
 from clipcl.methods import method_class
-from clipcl.models import ModelConfig, Precision, resolve_arch
+from clipcl.models import ModelConfig, Precision, default_pretrained, resolve_arch
 from clipcl.validation import apply_overrides, validate
 
 
@@ -90,6 +90,11 @@ class ChainSpec(BaseModel):
         """Validate raw data (plus ``key=value`` overrides) into a resolved spec or raise
         ``ClipclError`` naming the source, the key and what is allowed."""
         raw = apply_overrides(dict(data), overrides)
+        model = raw.get("model")
+        if isinstance(model, dict) and model.get("pretrained") is None:
+            # Unnamed weights: the architecture's default (packaged tiny CLIP, OpenAI's, none).
+            arch = model.get("arch", ModelConfig.model_fields["arch"].default)
+            model["pretrained"] = default_pretrained(str(arch))
         method = raw.get("method")
         if isinstance(method, str):
             method = {"name": method}

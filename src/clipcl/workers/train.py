@@ -11,17 +11,10 @@ from torch.utils.data import DataLoader
 
 from clipcl.methods import Method, StepOutputs, TaskContext
 from clipcl.models import ClipModel, autocast
+from clipcl.schedules import warmup_cosine
 from clipcl.workers.spec import TrainConfig
 
 StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
-
-
-def warmup_cosine(step: int, base_lr: float, warmup: int, total: int) -> float:
-    """Linear warm-up to ``base_lr`` over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    span = max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / span)) * base_lr
 
 
 def make_loader(
