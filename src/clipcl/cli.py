@@ -15,6 +15,7 @@ from rich.table import Table
 
 import clipcl
 from clipcl.errors import ClipclError, did_you_mean
+from clipcl.workers.chain import ChainProgress
 
 app = typer.Typer(
     add_completion=False,
@@ -127,7 +128,7 @@ def _tick(bars: Progress, bar: Any, label: str, step: int, steps: int, loss: flo
         err.print(f"{label}: step {step}/{steps} loss {loss:.4f}", highlight=False)
 
 
-class _RichChainProgress:
+class _RichChainProgress(ChainProgress):
     """Draws a bar per task on stderr (plain lines when stderr is a log file)."""
 
     def __init__(self, progress: Progress) -> None:
@@ -183,7 +184,7 @@ def chain_run(
     with _bars(transient=as_json) as bars:
         result = run_chain(
             spec, run_dir, data_root=data_root, device=device, progress=_RichChainProgress(bars)
-        )  # type: ignore[arg-type]
+        )
     payload = result.to_json()
     if as_json:
         print(
@@ -292,7 +293,9 @@ def pretrain_tiny_cmd(
 
 
 # typer vendors click; its usage errors (missing option, bad int) share this base class.
-_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_UsageError: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"
+)
 
 
 def _fail(message: str) -> None:
@@ -307,8 +310,10 @@ def main() -> None:
     except ClipclError as exc:
         _fail(escape(str(exc)))
     except _UsageError as exc:
-        where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) else ""
-        _fail(escape(where + " ".join(exc.format_message().split())))
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        message = exc.format_message()  # type: ignore[attr-defined]
+        _fail(escape(where + " ".join(message.split())))
     except KeyboardInterrupt:
         err.print("interrupted; finished tasks are kept and a re-run resumes")
         sys.exit(130)

@@ -8,6 +8,7 @@ into image tower, text tower and the logit scale.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,10 @@ from torch import nn
 
 class ClipModel(nn.Module):
     """An open_clip CLIP with preprocessing, class embeddings and per-task heads."""
+
+    clip: Any  # open_clip.CLIP / CustomTextCLIP
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
 
     def __init__(
         self,

@@ -197,15 +197,21 @@ def run_chain(
         f"(seed {spec.seed}) → {records.run_dir}"
     )
     method.setup(model)
-    eval_kw = dict(
-        batch_size=spec.eval.batch_size,
-        precision=spec.train.precision,
-        num_workers=spec.train.num_workers,
-    )
+
+    def evaluate_after(index: int) -> list:
+        return evaluate(
+            model,
+            benchmark,
+            index,
+            spec.chain_id,
+            batch_size=spec.eval.batch_size,
+            precision=spec.train.precision,
+            num_workers=spec.train.num_workers,
+        )
 
     if not records.load_state().get("zeroshot_done"):
         progress.message("evaluating the pretrained model (zero-shot row)")
-        records.append_rows(evaluate(model, benchmark, ZEROSHOT, spec.chain_id, **eval_kw))
+        records.append_rows(evaluate_after(ZEROSHOT))
         state = records.load_state()
         state["zeroshot_done"] = True
         records.save_state(state)
@@ -231,16 +237,12 @@ def run_chain(
         t0 = time.time()
         method.before_task(ctx)
         if method.trains:
-            steps = spec.train.iterations or spec.train.epochs * len(loader)
-            progress.task_started(k, task.name, steps)
-            train_task(
-                model,
-                method,
-                ctx,
-                spec.train,
-                loader,
-                on_step=lambda s, n, loss, k=k: progress.step(k, s, n, loss),
-            )
+            progress.task_started(k, task.name, spec.train.steps_for(len(loader)))
+
+            def on_step(step: int, steps: int, loss: float, k: int = k) -> None:
+                progress.step(k, step, steps, loss)
+
+            train_task(model, method, ctx, spec.train, loader, on_step=on_step)
         method.after_task(ctx, loader)
         ckpt_info: dict[str, Any] = {"checkpoint": None, "sha256": None}
         if method.trains:
@@ -255,7 +257,7 @@ def run_chain(
                 path,
             )
             ckpt_info = {"checkpoint": str(path.relative_to(records.run_dir)), "sha256": sha}
-        rows = evaluate(model, benchmark, k, spec.chain_id, **eval_kw)
+        rows = evaluate_after(k)
         records.append_rows(rows)
         state = records.load_state()
         state["completed"][str(k)] = {

@@ -39,6 +39,13 @@ class TrainConfig(BaseModel):
     precision: Precision = Field("fp32", description="Compute precision (autocast); weights fp32.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
 
+    def steps_for(self, batches_per_epoch: int) -> int:
+        """Optimizer steps for one task: ``iterations``, or ``epochs`` × batches per epoch."""
+        if self.iterations is not None:
+            return self.iterations
+        assert self.epochs is not None  # guaranteed by the validator
+        return self.epochs * batches_per_epoch
+
     @model_validator(mode="after")
     def _one_length(self) -> TrainConfig:
         if (self.iterations is None) == (self.epochs is None):

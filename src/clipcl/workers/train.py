@@ -59,7 +59,7 @@ def train_task(
         raise RuntimeError(
             f"method '{method.name}' left no trainable parameters for task {task.name}"
         )
-    steps = cfg.iterations if cfg.iterations is not None else cfg.epochs * len(loader)
+    steps = cfg.steps_for(len(loader))
     base_lr = cfg.lr_per_task.get(task.name, cfg.lr)
     optimizer = torch.optim.AdamW(params, lr=base_lr, weight_decay=cfg.weight_decay)
     device = model.device
