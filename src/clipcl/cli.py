@@ -28,6 +28,9 @@ app.add_typer(chain_app, name="chain")
 
 out = Console()
 err = Console(stderr=True)
+for _console in (out, err):
+    if not _console.is_terminal:  # logs and pipes: no 80-column truncation of task names
+        _console.width = max(_console.width, 200)
 
 
 def _version(value: bool) -> None:
