@@ -17,8 +17,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/clipcl zeroshot --model tiny --benchmark mini-mtil
-	$(BIN)/clipcl chain run --model tiny --benchmark mini-mtil --method zeroshot --root runs/demo
-	$(BIN)/clipcl chain run --model tiny --benchmark mini-mtil --method finetune --root runs/demo
+	$(BIN)/clipcl submit sweeps/demo.yaml --backend local --jobs 2 --follow
+	$(BIN)/clipcl results sweeps/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -9,9 +9,12 @@ Every task is seeded from (seed, k) alone, so a resumed chain is bit-identical o
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +178,27 @@ def load_result(
     return result
 
 
+@contextlib.contextmanager
+def chain_lock(run_dir: Path, chain_id: str) -> Iterator[None]:
+    """Hold an exclusive lock on the chain's run directory: one process trains a chain at a time
+    (a resubmitted or retried chain never runs twice at once). Uses ``flock``, which is local to
+    a host on some network filesystems."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ChainBusy(f"chain {chain_id} is already running in another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class ChainBusy(ClipclError):
+    """Another process holds the chain's lock."""
+
+
 def run_chain(
     spec: ChainSpec,
     run_dir: Path,
@@ -192,6 +216,19 @@ def run_chain(
     model = build_model(spec.model, dev)
     method = create_method(spec.method_name, {k: v for k, v in spec.method.items() if k != "name"})
     _prepare_run_dir(spec, records)  # only once inputs are known good: bad input writes nothing
+    with chain_lock(records.run_dir, spec.chain_id):
+        return _run_locked(spec, records, benchmark, model, method, dev, progress)
+
+
+def _run_locked(
+    spec: ChainSpec,
+    records: ChainRecords,
+    benchmark: Benchmark,
+    model: Any,
+    method: Method,
+    dev: torch.device,
+    progress: ChainProgress,
+) -> ChainResult:
     progress.message(
         f"chain {spec.chain_id}: {spec.method_name} on {spec.benchmark} "
         f"(seed {spec.seed}) → {records.run_dir}"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -14,6 +14,16 @@ from clipcl.errors import ClipclError, did_you_mean
 from clipcl.methods import method_class
 from clipcl.models import ModelConfig, Precision, default_pretrained, resolve_arch
 from clipcl.validation import apply_overrides, validate
+
+T = TypeVar("T")
+
+
+def _named(source: str, key: str, lookup: Callable[[str], T], value: str) -> T:
+    """A registry lookup whose error names the source and the key."""
+    try:
+        return lookup(value)
+    except ClipclError as exc:
+        raise ClipclError(f"{source}: {key}: {exc}") from None
 
 
 class TrainConfig(BaseModel):
@@ -101,7 +111,7 @@ class ChainSpec(BaseModel):
         if isinstance(model, dict) and model.get("pretrained") is None:
             # Unnamed weights: the architecture's default (packaged tiny CLIP, OpenAI's, none).
             arch = model.get("arch", ModelConfig.model_fields["arch"].default)
-            model["pretrained"] = default_pretrained(str(arch))
+            model["pretrained"] = _named(source, "model.arch", default_pretrained, str(arch))
         method = raw.get("method")
         if isinstance(method, str):
             method = {"name": method}
@@ -109,18 +119,18 @@ class ChainSpec(BaseModel):
             raise ClipclError(f"{source}: method: expected a name or a mapping with 'name'")
         knobs = {k: v for k, v in method.items() if k != "name"}
         name = str(method["name"])
-        cls_ = method_class(name)
+        cls_ = _named(source, "method.name", method_class, name)
         resolved = validate(cls_.Config, knobs, source, prefix="method")
         raw["method"] = {"name": name, **resolved.model_dump(mode="json")}
         info = None
         if "benchmark" in raw:
-            info = benchmark_info(str(raw["benchmark"]))
+            info = _named(source, "benchmark", benchmark_info, str(raw["benchmark"]))
             train = raw.get("train") or {}
             if not isinstance(train, dict):
                 raise ClipclError(f"{source}: train: expected a mapping, got {train!r}")
             raw["train"] = {**info.train_defaults, **train}
         spec = validate(cls, raw, source)
-        resolve_arch(spec.model.arch)
+        _named(source, "model.arch", resolve_arch, spec.model.arch)
         if info is not None:
             for task in spec.train.lr_per_task:
                 if task not in info.task_names:

@@ -1,82 +1,27 @@
-"""The ``clipcl`` command line: thin commands, one per verb; the work lives in the packages."""
+"""Commands about single chains and models: score, chain run, zeroshot, pretrain-tiny."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
-import clipcl
+from clipcl.cli.common import (
+    _bars,
+    _fmt,
+    _print_matrix,
+    _print_metrics,
+    _tick,
+    app,
+    chain_app,
+    out,
+)
 from clipcl.errors import ClipclError, did_you_mean
 from clipcl.workers.chain import ChainProgress
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Continual learning of CLIP models: chains, sweeps, metrics, tables.",
-)
-chain_app = typer.Typer(no_args_is_help=True, help="Run one chain (one model, task after task).")
-app.add_typer(chain_app, name="chain")
-
-out = Console()
-err = Console(stderr=True)
-for _console in (out, err):
-    if not _console.is_terminal:  # logs and pipes: no 80-column truncation of task names
-        _console.width = max(_console.width, 200)
-
-
-def _version(value: bool) -> None:
-    if value:
-        print(f"clipcl {clipcl.__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    """clipcl: continual learning of CLIP models."""
-
-
-def _fmt(v: Any) -> str:
-    return "–" if v is None or (isinstance(v, float) and v != v) else f"{v:.1f}"
-
-
-def _print_metrics(protocol: str, metrics: dict[str, Any]) -> None:
-    keys = (
-        ["transfer", "avg", "last"]
-        if protocol in {"mtil", "til"}
-        else ["avg", "last", "forgetting", "bwt"]
-    )
-    table = Table(title="metrics (%)")
-    for k in keys:
-        table.add_column(k.capitalize() if k != "bwt" else "BWT", justify="right")
-    table.add_row(*[_fmt(metrics[k]) for k in keys])
-    out.print(table)
-
-
-def _print_matrix(
-    tasks: list[str], matrix: list[list[float | None]], zeroshot: list[float | None] | None = None
-) -> None:
-    table = Table(title="accuracy (%): rows = after task, columns = eval task")
-    table.add_column("after \\ eval")
-    for name in tasks:
-        table.add_column(name, justify="right")
-    if zeroshot is not None:
-        table.add_row("(zero-shot)", *[_fmt(v) for v in zeroshot], style="dim")
-    for name, row in zip(tasks, matrix, strict=True):
-        table.add_row(name, *[_fmt(v) for v in row])
-    out.print(table)
 
 
 @app.command()
@@ -109,26 +54,6 @@ def score(
     tasks = loaded.tasks or [f"task {i + 1}" for i in range(loaded.matrix.shape[0])]
     _print_matrix(tasks, [[None if v != v else float(v) for v in r] for r in loaded.matrix])
     _print_metrics(protocol, metrics)
-
-
-def _bars(transient: bool = False) -> Progress:
-    """Progress bars on stderr; when stderr is no terminal (a log file), bars are off and
-    ``_tick`` prints a plain line every 10 % instead."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=transient,
-        disable=not err.is_terminal,
-    )
-
-
-def _tick(bars: Progress, bar: Any, label: str, step: int, steps: int, loss: float) -> None:
-    bars.update(bar, completed=step, description=f"{label} loss {loss:.3f}")
-    if bars.disable and (step % max(1, steps // 10) == 0 or step == steps):
-        err.print(f"{label}: step {step}/{steps} loss {loss:.4f}", highlight=False)
 
 
 class _RichChainProgress(ChainProgress):
@@ -296,32 +221,3 @@ def pretrain_tiny_cmd(
 
 
 # typer vendors click; its usage errors (missing option, bad int) share this base class.
-_UsageError: type[Exception] = next(
-    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"
-)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
-    sys.exit(2)
-
-
-def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
-    try:
-        code = app(standalone_mode=False)
-    except ClipclError as exc:
-        _fail(escape(str(exc)))
-    except _UsageError as exc:
-        ctx = getattr(exc, "ctx", None)
-        where = f"{ctx.command_path}: " if ctx is not None else ""
-        message = exc.format_message()  # type: ignore[attr-defined]
-        _fail(escape(where + " ".join(message.split())))
-    except KeyboardInterrupt:
-        err.print("interrupted; finished tasks are kept and a re-run resumes")
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
-
-
-if __name__ == "__main__":
-    main()

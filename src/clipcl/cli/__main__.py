@@ -1,0 +1,5 @@
+"""``python -m clipcl.cli``."""
+
+from clipcl.cli import main
+
+main()

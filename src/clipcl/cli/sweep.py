@@ -1,0 +1,459 @@
+"""Commands about sweeps: plan, submit, status, results, logs, cancel, retry.
+
+The coordinator of ``submit`` is the same code with or without ``--follow``: without it, the
+command starts itself again as a detached process (``--follow``, output in
+``ROOT/coordinator.log``) and returns once it is dispatched. Chains hold a lock while they run,
+so submitting again never runs a chain twice; it dispatches only what is not finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from clipcl.cli.common import app, err, out
+from clipcl.errors import ClipclError, did_you_mean
+
+BACKENDS = ("local", "ray")
+
+
+def _load(sweep_file: Path, root: Path | None):
+    """(sweep, entries, root) for a sweep file."""
+    from clipcl.sweeps import expand, load_sweep
+
+    sweep = load_sweep(sweep_file)
+    entries = expand(sweep, str(sweep_file))
+    return sweep, entries, (root or Path(sweep.root))
+
+
+def _records(entries) -> list:
+    from clipcl.data import benchmark_info
+    from clipcl.results.store import ChainRecord
+
+    recs = []
+    for e in entries:
+        info = benchmark_info(e.benchmark)
+        recs.append(
+            ChainRecord(
+                e.chain_id,
+                e.method,
+                e.benchmark,
+                info.protocol,
+                e.seed,
+                dict(e.settings),
+                e.spec.model_dump(mode="json"),
+                len(info.task_names),
+            )
+        )
+    return recs
+
+
+def _disk_progress(root: Path, chain_id: str) -> int:
+    """Finished tasks of a chain according to its durable records (0 if it never ran)."""
+    state = root / "chains" / chain_id / "state.json"
+    try:
+        return len(json.loads(state.read_text())["completed"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _store_states(root: Path) -> dict[str, dict[str, Any]]:
+    """Chain states in the store, if the root has one (plan never creates it)."""
+    if not (root / "clipcl.sqlite").is_file():
+        return {}
+    from clipcl.results.store import ResultsStore
+
+    with ResultsStore(root) as store:
+        return {row["chain_id"]: row for row in store.chain_progress()}
+
+
+def _state_label(done: int, total: int, stored: dict[str, Any] | None) -> str:
+    if done >= total:
+        return "done"
+    if stored and stored.get("state") in {"running", "queued", "failed", "cancelled"}:
+        return str(stored["state"]) + (f" ({done}/{total})" if done else "")
+    return f"partial ({done}/{total})" if done else "new"
+
+
+@app.command()
+def plan(
+    sweep_file: Path = typer.Argument(..., help="Sweep file (YAML)."),
+    root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
+    limit: int = typer.Option(200, "--limit", help="Show at most this many chains."),
+) -> None:
+    """Show the chains of a sweep with their state and the work left; runs nothing."""
+    from clipcl.data import benchmark_info
+
+    sweep, entries, root = _load(sweep_file, root)
+    stored = _store_states(root)
+    table = Table(title=f"sweep {sweep.name}: {len(entries)} chains (root {root})")
+    for col in ("chain", "method", "benchmark", "seed", "settings", "tasks", "state"):
+        table.add_column(col)
+    left_tasks = left_iters = 0
+    counts: dict[str, int] = {}
+    for i, e in enumerate(entries):
+        total = len(benchmark_info(e.benchmark).task_names)
+        done = _disk_progress(root, e.chain_id)
+        label = _state_label(done, total, stored.get(e.chain_id))
+        counts[label.split(" ")[0]] = counts.get(label.split(" ")[0], 0) + 1
+        if e.spec.method_name != "zeroshot":
+            left_tasks += total - done
+            left_iters += (total - done) * (e.spec.train.iterations or 0)
+        if i < limit:
+            table.add_row(
+                e.chain_id, e.method, e.benchmark, str(e.seed), e.settings_label, str(total), label
+            )
+    out.print(table)
+    if len(entries) > limit:
+        out.print(f"… {len(entries) - limit} more chains (--limit)")
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    out.print(f"{summary}; work left: {left_tasks} task trainings, {left_iters} iterations")
+
+
+# ----- coordinators: one file per live coordinator lists the chains it owns -----
+def _coordinators_dir(root: Path) -> Path:
+    return root / "coordinators"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owned_by_live_coordinators(root: Path) -> dict[str, int]:
+    """chain id → pid of the live coordinator running it; stale files are removed."""
+    owned: dict[str, int] = {}
+    for path in sorted(_coordinators_dir(root).glob("*.json")):
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(int(info["pid"])):
+            owned.update({c: int(info["pid"]) for c in info["chains"]})
+        else:
+            path.unlink(missing_ok=True)
+    return owned
+
+
+def _make_backend(name: str, jobs: int | None, ray_address: str | None):
+    if name == "local":
+        from clipcl.orchestrator.local import LocalBackend
+
+        return LocalBackend(max_parallel=jobs)
+    from clipcl.orchestrator.ray_backend import RayBackend
+
+    return RayBackend(address=ray_address)
+
+
+def _coordinate(
+    sweep,
+    entries,
+    root: Path,
+    backend_name: str,
+    jobs: int | None,
+    ray_address: str | None,
+    data_root: str | None,
+) -> None:
+    """Run the chains of ``entries`` on a backend, recording every state change in the store."""
+    from clipcl.durable import atomic_write_json
+    from clipcl.orchestrator.backend import Resources, prepare_job
+    from clipcl.orchestrator.coordinator import run_jobs
+    from clipcl.results.store import ResultsStore
+
+    resources = Resources.from_mapping(sweep.resources.model_dump())
+    chain_jobs = [
+        prepare_job(e.spec, root / "chains" / e.chain_id, resources, data_root) for e in entries
+    ]
+    marker = _coordinators_dir(root) / f"{os.getpid()}.json"
+    atomic_write_json(
+        marker, {"pid": os.getpid(), "sweep": sweep.name, "chains": [e.chain_id for e in entries]}
+    )
+    store = ResultsStore(root)
+    store.set_states([e.chain_id for e in entries], "queued", backend=backend_name)
+
+    def on_event(chain_id: str, state: str, detail: str | None) -> None:
+        run_dir = root / "chains" / chain_id
+        if state == "running":
+            store.set_state(
+                chain_id, "running", backend=backend_name, job_id=detail, count_attempt=True
+            )
+        elif state in {"done", "failed", "cancelled"}:
+            store.ingest_chain(chain_id, run_dir)
+            if state != "done":
+                store.set_state(chain_id, state, error=detail)
+        err.print(
+            f"{time.strftime('%H:%M:%S')} {chain_id} {state}"
+            + (f": {detail}" if detail and state != "running" else ""),
+            highlight=False,
+        )
+
+    stop = threading.Event()  # SIGTERM (clipcl cancel) cancels every unfinished job
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    backend = _make_backend(backend_name, jobs, ray_address)
+    try:
+        final = run_jobs(backend, chain_jobs, on_event, stop=stop)
+    finally:
+        backend.shutdown()
+        marker.unlink(missing_ok=True)
+        store.close()
+    bad = sorted(c for c, s in final.items() if s != "done")
+    err.print(f"coordinator finished: {len(final) - len(bad)} done, {len(bad)} not done")
+
+
+@app.command()
+def submit(
+    sweep_file: Path = typer.Argument(..., help="Sweep file (YAML)."),
+    backend: str = typer.Option("local", "--backend", help="local or ray."),
+    root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
+    follow: bool = typer.Option(False, "--follow", help="Stay attached until all chains end."),
+    jobs: int | None = typer.Option(
+        None, "--jobs", min=1, help="local: chains at once (default: one per visible GPU, else 1)."
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="ray: cluster address (default: start a local Ray)."
+    ),
+    data_root: str | None = typer.Option(None, "--data-root", help="Root of local datasets."),
+) -> None:
+    """Record a sweep in the store and dispatch every chain that is not finished."""
+    from clipcl.results.store import ResultsStore
+
+    if backend not in BACKENDS:
+        raise ClipclError(
+            f"--backend '{backend}'{did_you_mean(backend, BACKENDS)}; allowed: "
+            f"{', '.join(BACKENDS)}"
+        )
+    sweep, entries, root = _load(sweep_file, root)
+    with ResultsStore(root) as store:
+        store.record_sweep(
+            sweep.name, str(sweep_file), sweep.model_dump(mode="json"), _records(entries)
+        )
+        store.ingest_root(root)
+    from clipcl.data import benchmark_info
+
+    unfinished = [
+        e
+        for e in entries
+        if _disk_progress(root, e.chain_id) < len(benchmark_info(e.benchmark).task_names)
+    ]
+    owned = _owned_by_live_coordinators(root)
+    todo = [e for e in unfinished if e.chain_id not in owned]
+    out.print(
+        f"sweep {sweep.name}: {len(entries)} chains, {len(entries) - len(unfinished)} done, "
+        f"{len(unfinished) - len(todo)} with a live coordinator, {len(todo)} to dispatch"
+    )
+    if not todo:
+        return
+    if follow:
+        _coordinate(sweep, todo, root, backend, jobs, ray_address, data_root)
+        return
+    args = [
+        sys.executable,
+        "-m",
+        "clipcl.cli",
+        "submit",
+        str(sweep_file),
+        "--backend",
+        backend,
+        "--root",
+        str(root),
+        "--follow",
+    ]
+    for flag, value in (
+        ("--jobs", jobs),
+        ("--ray-address", ray_address),
+        ("--data-root", data_root),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    log = root / "coordinator.log"
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(
+            args,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    out.print(
+        f"dispatched to the {backend} backend by coordinator pid {proc.pid} "
+        f"(log: {log}); follow with `clipcl status {sweep_file}`"
+    )
+
+
+def _sweep_name(sweep: str | None) -> tuple[str | None, Path | None]:
+    """A sweep is named by its file or its name: (name, file)."""
+    if sweep is None:
+        return None, None
+    path = Path(sweep)
+    if path.suffix in {".yaml", ".yml"} or path.is_file():
+        from clipcl.sweeps import load_sweep
+
+        return load_sweep(path).name, path
+    return sweep, None
+
+
+def _root_for(sweep: str | None, root: Path | None) -> Path:
+    name, path = _sweep_name(sweep)
+    if root is not None:
+        return root
+    if path is not None:
+        from clipcl.sweeps import load_sweep
+
+        return Path(load_sweep(path).root)
+    return Path("runs")
+
+
+@app.command()
+def status(
+    sweep: str | None = typer.Argument(None, help="Sweep file or name (default: every chain)."),
+    root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
+    watch: float | None = typer.Option(None, "--watch", help="Refresh every N seconds."),
+    limit: int = typer.Option(50, "--limit", help="Show at most this many chains."),
+) -> None:
+    """Chains and their states: counts per state and a table of chains."""
+    from clipcl.results.store import ResultsStore
+
+    root = _root_for(sweep, root)
+    name, _ = _sweep_name(sweep)
+    if not (root / "clipcl.sqlite").is_file():
+        raise ClipclError(f"no results store under {root} (submit a sweep first, or pass --root)")
+    while True:
+        with ResultsStore(root) as store:
+            store.ingest_root(root)
+            rows = store.chain_progress(name)
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["state"]] = counts.get(r["state"], 0) + 1
+        table = Table(
+            title=f"{name or 'all chains'} under {root}: "
+            + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        )
+        for col in ("chain", "method", "benchmark", "seed", "state", "tasks", "attempts", "job"):
+            table.add_column(col)
+        for r in rows[:limit]:
+            table.add_row(
+                r["chain_id"],
+                r["method"],
+                r["benchmark"],
+                str(r["seed"]),
+                r["state"],
+                f"{r['tasks_done']}/{r['num_tasks']}",
+                str(r["attempts"]),
+                str(r["job_id"] or ""),
+            )
+        out.print(table)
+        if len(rows) > limit:
+            out.print(f"… {len(rows) - limit} more chains (--limit)")
+        if not watch or all(r["state"] in {"done", "failed", "cancelled"} for r in rows):
+            return
+        time.sleep(watch)
+
+
+@app.command()
+def results(
+    sweep: str = typer.Argument(..., help="Sweep file or name."),
+    root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
+    fmt: str = typer.Option("table", "--format", help="table, md, latex, csv or json."),
+    per_dataset: bool = typer.Option(False, "--per-dataset", help="Per-dataset columns (MTIL)."),
+    matrix: str | None = typer.Option(None, "--matrix", help="Print one chain's matrix instead."),
+) -> None:
+    """The paper table: one row per (method, benchmark, settings), mean ± std over seeds."""
+    from clipcl.results import load_results
+    from clipcl.results.tables import matrix_table, render, summarize
+
+    root = _root_for(sweep, root)
+    name, _ = _sweep_name(sweep)
+    df = load_results(root, sweep=name)
+    if df.empty:
+        raise ClipclError(f"no evaluation rows for sweep '{name}' under {root}")
+    if matrix is not None:
+        print(matrix_table(df, matrix))
+        return
+    print(render(summarize(df, per_dataset=per_dataset), fmt))
+
+
+@app.command()
+def logs(
+    chain: str = typer.Argument(..., help="Chain id."),
+    root: Path = typer.Option(Path("runs"), "--root", help="Run root."),
+    lines: int = typer.Option(100, "--lines", help="Last N lines."),
+) -> None:
+    """The worker log of a chain (stdout and stderr of its job)."""
+    log = root / "chains" / chain / "worker.log"
+    if not log.is_file():
+        raise ClipclError(f"no worker log for chain '{chain}' at {log}")
+    print("\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+
+
+def _chains_of(target: str, root: Path) -> list[str]:
+    from clipcl.results.store import ResultsStore
+
+    if (root / "chains" / target).is_dir():
+        return [target]
+    name, _ = _sweep_name(target)
+    with ResultsStore(root) as store:
+        ids = [r["chain_id"] for r in store.chain_progress(name)]
+    if not ids:
+        raise ClipclError(f"'{target}' is neither a chain under {root} nor a recorded sweep")
+    return ids
+
+
+@app.command()
+def cancel(
+    target: str = typer.Argument(..., help="Sweep file, sweep name or chain id."),
+    root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
+) -> None:
+    """Stop running chains (their finished tasks are kept; submit again to resume)."""
+    from clipcl.results.store import ResultsStore
+
+    root = root or _root_for(target if Path(target).suffix in {".yaml", ".yml"} else None, None)
+    ids = set(_chains_of(target, root))
+    stopped = 0
+    for chain_id, pid in _owned_by_live_coordinators(root).items():
+        if chain_id in ids:  # the coordinator cancels its jobs on SIGTERM
+            os.kill(pid, signal.SIGTERM)
+            stopped += 1
+    with ResultsStore(root) as store:
+        store.ingest_root(root)
+        active = [
+            r["chain_id"]
+            for r in store.chain_progress()
+            if r["chain_id"] in ids and r["state"] in {"queued", "running", "new"}
+        ]
+        store.set_states(active, "cancelled")
+    out.print(f"cancelled {len(active)} chains ({stopped} via their coordinator)")
+
+
+@app.command()
+def retry(
+    sweep_file: Path = typer.Argument(..., help="Sweep file (YAML)."),
+    backend: str = typer.Option("local", "--backend", help="local or ray."),
+    root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
+    follow: bool = typer.Option(False, "--follow", help="Stay attached until all chains end."),
+    jobs: int | None = typer.Option(None, "--jobs", min=1, help="local: chains at once."),
+) -> None:
+    """Dispatch the failed and cancelled chains of a sweep again (they resume)."""
+    submit(
+        sweep_file,
+        backend=backend,
+        root=root,
+        follow=follow,
+        jobs=jobs,
+        ray_address=None,
+        data_root=None,
+    )

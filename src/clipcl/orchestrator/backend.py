@@ -1,0 +1,176 @@
+"""The backend contract: what a coordinator hands a backend and what it gets back.
+
+Owns :class:`Resources` and :class:`ChainJob` (one chain to run in its run directory), the job
+states, the :class:`JobHandle` and :class:`Backend` protocols (shaped like
+``concurrent.futures`` / submitit executors and jobs) and :class:`ChainFailed`. Backends run
+the worker of :mod:`clipcl.workers` — as a subprocess or inside a framework's worker — which
+reads ``run_dir/spec.json``; :func:`prepare_job` writes that file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
+
+from clipcl.durable import atomic_write_json
+from clipcl.errors import ClipclError, did_you_mean
+
+if TYPE_CHECKING:
+    from clipcl.workers.spec import ChainSpec
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+JOB_STATES: tuple[str, ...] = get_args(JobState)
+TERMINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+
+
+class ChainFailed(Exception):
+    """A chain's job ended without a result (worker error, crash, time-out or cancel)."""
+
+    def __init__(self, chain_id: str, message: str) -> None:
+        super().__init__(f"chain {chain_id}: {message}")
+        self.chain_id = chain_id
+        self.message = message
+
+
+class ChainCancelled(ChainFailed):
+    """A chain's job was cancelled before it finished."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one chain needs from a backend (mirrors the sweep file's ``resources``)."""
+
+    gpus: int = 0
+    cpus: int = 1
+    mem_gb: float = 8
+    timeout_min: int = 60
+
+    def __post_init__(self) -> None:
+        for name, low in (("gpus", 0), ("cpus", 1), ("timeout_min", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ClipclError(f"resources.{name}: expected an integer >= {low}, got {value!r}")
+        if isinstance(self.mem_gb, bool) or not isinstance(self.mem_gb, int | float):
+            raise ClipclError(f"resources.mem_gb: expected a number, got {self.mem_gb!r}")
+        if self.mem_gb <= 0:
+            raise ClipclError(f"resources.mem_gb: expected a number > 0, got {self.mem_gb!r}")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | Any) -> Resources:
+        """Build from a mapping or from an object with ``model_dump()`` (the sweep schema's).
+
+        Raises:
+            ClipclError: An unknown key or a bad value.
+        """
+        if not isinstance(data, Mapping) and hasattr(data, "model_dump"):
+            data = data.model_dump()
+        if not isinstance(data, Mapping):
+            raise ClipclError(f"resources: expected a mapping, got {data!r}")
+        allowed = [f.name for f in fields(cls)]
+        for key in data:
+            if key not in allowed:
+                raise ClipclError(
+                    f"resources: unknown key '{key}'{did_you_mean(str(key), allowed)}; "
+                    f"allowed: {', '.join(allowed)}"
+                )
+        return cls(**dict(data))
+
+    @property
+    def timeout_s(self) -> float:
+        """The wall-clock limit in seconds."""
+        return 60.0 * self.timeout_min
+
+
+@dataclass(frozen=True)
+class ChainJob:
+    """One chain for a backend: its id, run directory (holding ``spec.json``) and needs."""
+
+    chain_id: str
+    run_dir: Path
+    resources: Resources = Resources()
+    data_root: str | None = None
+
+
+class JobHandle(Protocol):
+    """A submitted chain (like ``concurrent.futures.Future`` / ``submitit.Job``)."""
+
+    @property
+    def job_id(self) -> str:
+        """The backend's id of the job (e.g. ``local-<pid>``, a Ray task id)."""
+        ...
+
+    @property
+    def chain_id(self) -> str:
+        """The chain this job runs."""
+        ...
+
+    def state(self) -> JobState:
+        """The job's current state (never blocks for long)."""
+        ...
+
+    def done(self) -> bool:
+        """Whether the job reached a terminal state (done, failed or cancelled)."""
+        ...
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for the worker's result JSON.
+
+        Raises:
+            ChainFailed: The job failed or was cancelled (``ChainCancelled``).
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        ...
+
+    def cancel(self) -> None:
+        """Stop the job; the chain stays resumable from its last finished task."""
+        ...
+
+
+class Backend(Protocol):
+    """Runs chains somewhere (like ``concurrent.futures.Executor``)."""
+
+    name: str
+
+    def submit(self, jobs: Sequence[ChainJob]) -> list[JobHandle]:
+        """Start (or queue) every job; return one handle per job, in order."""
+        ...
+
+    def shutdown(self) -> None:
+        """Release what the backend holds (running jobs are cancelled)."""
+        ...
+
+
+def prepare_job(
+    spec: ChainSpec,
+    run_dir: str | Path,
+    resources: Resources | None = None,
+    data_root: str | None = None,
+) -> ChainJob:
+    """Write ``run_dir/spec.json`` (unless it already holds this chain) and describe the job.
+
+    Raises:
+        ClipclError: ``run_dir`` holds another chain or cannot be written.
+    """
+    from clipcl.workers.spec import ChainSpec
+
+    run_dir = Path(run_dir)
+    spec_path = run_dir / "spec.json"
+    if spec_path.is_file():
+        try:
+            other = ChainSpec.model_validate(json.loads(spec_path.read_text()))
+        except ValueError as exc:
+            raise ClipclError(f"{spec_path}: not a chain spec: {exc}") from None
+        if other.chain_id != spec.chain_id:
+            raise ClipclError(
+                f"{run_dir} holds chain {other.chain_id}, not {spec.chain_id}; "
+                "use another run directory"
+            )
+    else:
+        try:
+            atomic_write_json(spec_path, spec.model_dump(mode="json"))
+        except OSError as exc:
+            raise ClipclError(f"cannot write {spec_path}: {exc.strerror or exc}") from None
+    return ChainJob(spec.chain_id, run_dir, resources or Resources(), data_root)

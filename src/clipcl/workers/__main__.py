@@ -1,0 +1,179 @@
+"""The chain worker's entry point: ``python -m clipcl.workers --run-dir DIR``.
+
+Owns the contract between a backend and one chain: the run directory holds ``spec.json``
+(written by the coordinator); the worker locks ``worker.lock`` (one live worker per chain),
+records its PID in ``worker.pid``, runs or resumes the chain with
+:func:`clipcl.workers.run_chain` and prints the result as one JSON line on stdout. Progress
+goes to stderr. Exit codes: 0 done, 2 bad input (``ClipclError``, one line on
+stderr), 1 anything else (traceback on stderr).
+
+Backends that run chains in-process (Ray) call :func:`run_chain_dir` directly. This module
+never imports an orchestration framework.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import sys
+import traceback
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from clipcl.durable import atomic_write_bytes
+from clipcl.errors import ClipclError
+from clipcl.validation import validate
+from clipcl.workers.chain import ChainProgress, run_chain
+from clipcl.workers.spec import ChainSpec
+
+PID_FILE = "worker.pid"
+LOCK_FILE = "worker.lock"
+SPEC_FILE = "spec.json"
+
+
+class StreamProgress(ChainProgress):
+    """Plain-text progress for ``worker.log``: one line per message, task start and task end."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def _say(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        self._say(text)
+
+    def task_started(self, index: int, name: str, steps: int) -> None:
+        self._say(f"task {index} ({name}): training {steps} steps")
+
+    def task_finished(self, index: int, name: str, accuracies: list[float]) -> None:
+        accs = " ".join(f"{a:.1f}" for a in accuracies)
+        self._say(f"task {index} ({name}) finished; accuracies: {accs}")
+
+
+def write_pid(run_dir: Path) -> None:
+    """Atomically record this process's PID in ``run_dir/worker.pid``."""
+    atomic_write_bytes(Path(run_dir) / PID_FILE, f"{os.getpid()}\n".encode())
+
+
+def read_pid(run_dir: Path) -> int | None:
+    """The PID in ``run_dir/worker.pid``, or ``None`` when absent or unreadable."""
+    try:
+        return int((Path(run_dir) / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def load_spec(run_dir: Path) -> ChainSpec:
+    """Read and validate ``run_dir/spec.json`` into a ``ChainSpec`` (``ClipclError`` if bad)."""
+    path = Path(run_dir) / SPEC_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ClipclError(f"{path}: no chain spec (the coordinator writes it)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ClipclError(f"{path}: cannot read the chain spec: {exc}") from None
+    if not isinstance(data, dict):
+        raise ClipclError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return validate(ChainSpec, data, str(path))
+
+
+def run_chain_dir(
+    run_dir: str | Path,
+    data_root: str | None = None,
+    device: str | None = None,
+    *,
+    threads: int | None = None,
+    progress: ChainProgress | None = None,
+) -> dict[str, Any]:
+    """Run or resume the chain whose spec is ``run_dir/spec.json``; return its result JSON.
+
+    Args:
+        run_dir: The chain's run directory (must hold ``spec.json``).
+        data_root: Where benchmark data lives (``None``: the benchmark's default).
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (``None``: CUDA when visible, else CPU).
+        threads: Torch intra-op threads (``None``: leave as is).
+        progress: A ``ChainProgress`` receiving events (``None``: none).
+
+    Returns:
+        ``ChainResult.to_json()`` of the finished chain.
+
+    Raises:
+        ClipclError: The spec or the inputs it names are invalid.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ClipclError(f"run directory not found: {run_dir}")
+    with _chain_lock(run_dir):
+        write_pid(run_dir)
+        spec = load_spec(run_dir)
+        if threads is not None and threads > 0:
+            torch.set_num_threads(threads)
+        result = run_chain(spec, run_dir, data_root=data_root, device=device, progress=progress)
+    return result.to_json()
+
+
+@contextlib.contextmanager
+def _chain_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir/worker.lock``: one worker per chain at a time.
+
+    The kernel drops the lock when the process dies, so a killed worker never blocks a retry.
+
+    Raises:
+        ClipclError: Another live worker holds the chain.
+    """
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ClipclError(
+                f"the chain in {run_dir} is already running (worker pid {read_pid(run_dir)})"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m clipcl.workers",
+        description="Run or resume the chain in a run directory (reads DIR/spec.json).",
+    )
+    parser.add_argument("--run-dir", required=True, help="The chain's run directory.")
+    parser.add_argument("--data-root", default=None, help="Benchmark data root.")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N.")
+    parser.add_argument("--threads", type=int, default=None, help="Torch CPU threads.")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the worker; return the process exit code (0 done, 2 bad input, 1 bug)."""
+    args = _parse_args(argv)
+    try:
+        out = run_chain_dir(
+            args.run_dir,
+            args.data_root,
+            args.device,
+            threads=args.threads,
+            progress=StreamProgress(sys.stderr),
+        )
+    except ClipclError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except Exception:
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        return 1
+    print(json.dumps(out, sort_keys=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

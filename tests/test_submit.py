@@ -1,0 +1,100 @@
+"""Sweeps end to end through the CLI: plan, submit (local and a real local Ray), status, results.
+
+Integration tests: real worker processes and, for ``ray``, a real local Ray started by
+``clipcl submit --backend ray``; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipcl.errors import ClipclError
+from clipcl.results.metrics import mtil_metrics
+from clipcl.results.records import ChainRecords
+from clipcl.workers import run_chain
+from clipcl.workers.chain import ChainBusy, chain_lock
+from tests.conftest import tiny_spec
+
+SWEEP = Path(__file__).parent / "data" / "sweeps" / "smoke4.yaml"
+CLIPCL = [sys.executable, "-m", "clipcl.cli"]
+
+
+def clipcl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLIPCL, *args], capture_output=True, text=True, timeout=900)
+
+
+def _metrics_from_raw_rows(root: Path) -> dict[str, list[float]]:
+    values: dict[str, list[float]] = {"transfer": [], "avg": [], "last": []}
+    for run_dir in sorted((root / "chains").iterdir()):
+        matrix, _ = ChainRecords(run_dir).matrix(3)
+        m = mtil_metrics(matrix)
+        for key in values:
+            values[key].append(getattr(m, key))
+    return values
+
+
+def _check_table_matches_raw_rows(root: Path) -> None:
+    res = clipcl("results", str(SWEEP), "--root", str(root), "--format", "json")
+    assert res.returncode == 0, res.stderr
+    (row,) = json.loads(res.stdout)
+    raw = _metrics_from_raw_rows(root)
+    assert row["seeds"] == 4
+    for key, vals in raw.items():
+        assert row[f"{key}_mean"] == pytest.approx(np.mean(vals), abs=1e-9), key
+        assert row[f"{key}_std"] == pytest.approx(np.std(vals, ddof=1), abs=1e-9), key
+
+
+def _submit_twice(root: Path, backend: str) -> None:
+    first = clipcl("submit", str(SWEEP), "--backend", backend, "--root", str(root), "--follow")
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert "4 to dispatch" in first.stdout
+    status = clipcl("status", str(SWEEP), "--root", str(root))
+    assert status.returncode == 0 and "4 done" in status.stdout, status.stdout
+    again = clipcl("submit", str(SWEEP), "--backend", backend, "--root", str(root), "--follow")
+    assert again.returncode == 0 and "0 to dispatch" in again.stdout, again.stdout
+    _check_table_matches_raw_rows(root)
+
+
+@pytest.mark.slow
+def test_plan_submit_local_then_resubmit_runs_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    plan = clipcl("plan", str(SWEEP), "--root", str(root))
+    assert plan.returncode == 0 and "4 new" in plan.stdout and not root.exists()
+    _submit_twice(root, "local")
+    plan = clipcl("plan", str(SWEEP), "--root", str(root))
+    assert "4 done" in plan.stdout and "work left: 0 task trainings" in plan.stdout
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_submit_on_a_real_local_ray(tmp_path: Path) -> None:
+    _submit_twice(tmp_path / "root", "ray")
+
+
+def test_a_running_chain_cannot_be_started_twice(tmp_path: Path) -> None:
+    spec = tiny_spec(iterations=2)
+    run_dir = tmp_path / "run"
+    with chain_lock(run_dir, spec.chain_id), pytest.raises(ChainBusy, match="already running"):
+        run_chain(spec, run_dir)
+    assert run_chain(spec, run_dir).trained_now == [0, 1, 2]  # the lock is released
+
+
+def test_bad_backend_is_refused(tmp_path: Path) -> None:
+    res = clipcl("submit", str(SWEEP), "--backend", "rayy", "--root", str(tmp_path / "r"))
+    assert res.returncode == 2 and "did you mean 'ray'" in res.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_results_for_unknown_root_is_an_error(tmp_path: Path) -> None:
+    res = clipcl("status", str(SWEEP), "--root", str(tmp_path / "none"))
+    assert res.returncode == 2 and "no results store" in res.stderr
+
+
+def test_chainbusy_is_a_user_error() -> None:
+    assert issubclass(ChainBusy, ClipclError)

@@ -1,0 +1,130 @@
+"""Sweep files: golden expansions and the bad-sweep messages."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from clipcl.errors import ClipclError
+from clipcl.sweeps import expand, load_sweep
+
+DATA = Path(__file__).parent / "data" / "sweeps"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _resolved(path: Path) -> list[dict]:
+    sweep = load_sweep(path)
+    return [
+        {
+            "chain_id": e.chain_id,
+            "method": e.method,
+            "benchmark": e.benchmark,
+            "seed": e.seed,
+            "settings": dict(e.settings),
+            "spec": e.spec.model_dump(mode="json"),
+        }
+        for e in expand(sweep, str(path))
+    ]
+
+
+@pytest.mark.parametrize("name", ["grid"])
+def test_expansion_matches_golden(name: str) -> None:
+    got = _resolved(DATA / f"{name}.yaml")
+    golden = DATA / f"{name}.expected.json"
+    if os.environ.get("CLIPCL_UPDATE_GOLDEN"):
+        golden.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    assert got == json.loads(golden.read_text())
+
+
+def test_grid_expansion_shape() -> None:
+    chains = _resolved(DATA / "grid.yaml")
+    fin = [c for c in chains if c["method"] == "finetune"]
+    zs = [c for c in chains if c["method"] == "zeroshot"]
+    assert len(fin) == 2 * 2 * 2  # lr × zip group × seeds
+    # training knobs collapse for a method that never trains; eval.batch_size (zipped) and seeds
+    # still vary its chains
+    assert len(zs) == 2 * 2
+    assert {c["spec"]["train"]["lr"] for c in fin} == {1e-3, 1e-4}
+    pairs = {(c["spec"]["train"]["iterations"], c["spec"]["eval"]["batch_size"]) for c in fin}
+    assert pairs == {(10, 64), (20, 128)}  # zipped, not crossed
+    assert all(c["spec"]["train"]["warmup_steps"] == 5 for c in fin)  # per-method train
+    assert all(c["spec"]["method"]["train_mode"] == "image" for c in fin)
+    assert len({c["chain_id"] for c in chains}) == len(chains)
+
+
+def test_expansion_is_deterministic() -> None:
+    assert _resolved(DATA / "grid.yaml") == _resolved(DATA / "grid.yaml")
+
+
+def test_every_shipped_sweep_loads_and_expands() -> None:
+    files = sorted((REPO / "sweeps").glob("*.yaml"))
+    for path in files:
+        assert expand(load_sweep(path), str(path)), path
+
+
+BASE = """name: bad
+benchmarks: [smoke]
+methods: {finetune: {}}
+seeds: [0]
+"""
+
+BAD = {
+    "not-yaml": ("name: [unclosed", "not valid YAML"),
+    "top-level-list": ("- a\n- b\n", "expected a mapping"),
+    "unknown-top-key": (BASE + "seed: [1]\n", "unknown key 'seed' (did you mean 'seeds'?)"),
+    "missing-name": (
+        "benchmarks: [smoke]\nmethods: {finetune: {}}\n",
+        "missing required key 'name'",
+    ),
+    "bad-name": (BASE.replace("name: bad", "name: 'a b'"), "name"),
+    "empty-benchmarks": (BASE.replace("[smoke]", "[]"), "benchmarks"),
+    "unknown-benchmark": (BASE.replace("[smoke]", "[smok]"), "did you mean 'smoke'"),
+    "unknown-method": (BASE.replace("finetune: {}", "fintune: {}"), "did you mean 'finetune'"),
+    "unknown-method-key": (
+        BASE.replace("finetune: {}", "finetune: {train_modes: image}"),
+        "method.train_modes",
+    ),
+    "bad-method-value": (
+        BASE.replace("finetune: {}", "finetune: {train_mode: all}"),
+        "method.train_mode",
+    ),
+    "seed-type": (BASE.replace("seeds: [0]", "seeds: [a]"), "seeds.0"),
+    "duplicate-seeds": (BASE.replace("seeds: [0]", "seeds: [0, 0]"), "seeds repeat"),
+    "empty-grid": (BASE + "grid: {train.lr: []}\n", "empty list"),
+    "grid-unknown-key": (BASE + "grid: {train.lrr: [1.0e-3]}\n", "train.lrr"),
+    "grid-bad-type": (BASE + "grid: {train.iterations: [many]}\n", "train.iterations"),
+    "zip-unequal": (
+        BASE + "zip: [{train.lr: [1.0e-3, 1.0e-4], train.iterations: [5]}]\n",
+        "common length",
+    ),
+    "varied-twice": (
+        BASE + "grid: {train.lr: [1.0e-3]}\nzip: [{train.lr: [1.0e-4]}]\n",
+        "varied twice",
+    ),
+    "resources-key": (BASE + "resources: {gpu: 1}\n", "did you mean 'gpus'"),
+    "resources-type": (BASE + "resources: {mem_gb: lots}\n", "resources.mem_gb"),
+    "duplicate-chain": (BASE + "grid: {train.lr: [1.0e-3, 1.0e-3]}\n", "duplicate chain"),
+    "unknown-model": (BASE + "model: {arch: tinyy}\n", "did you mean 'tiny'"),
+    "train-section-type": (BASE + "train: 5\n", "train"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_sweep_is_one_clear_error(tmp_path: Path, case: str) -> None:
+    text, expected = BAD[case]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    with pytest.raises(ClipclError) as info:
+        expand(load_sweep(path), str(path))
+    message = str(info.value)
+    assert str(path) in message, message
+    assert expected in message, message
+    assert "\n" not in message
+
+
+def test_missing_sweep_file(tmp_path: Path) -> None:
+    with pytest.raises(ClipclError, match="sweep file not found"):
+        load_sweep(tmp_path / "nope.yaml")
