@@ -34,6 +34,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/world.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/results_table.py
+	$(BIN)/python bench/orchestrator.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

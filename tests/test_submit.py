@@ -6,9 +6,13 @@ Integration tests: real worker processes and, for ``ray``, a real local Ray star
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +84,14 @@ def test_submit_on_a_real_local_ray(tmp_path: Path) -> None:
 def test_a_running_chain_cannot_be_started_twice(tmp_path: Path) -> None:
     spec = tiny_spec(iterations=2)
     run_dir = tmp_path / "run"
-    with chain_lock(run_dir, spec.chain_id), pytest.raises(ChainBusy, match="already running"):
-        run_chain(spec, run_dir)
-    assert run_chain(spec, run_dir).trained_now == [0, 1, 2]  # the lock is released
+    run_dir.mkdir()
+    with open(run_dir / ".lock", "a+") as other:  # another process's lock (own open file)
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ChainBusy, match="already running"):
+            run_chain(spec, run_dir)
+        fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+    with chain_lock(run_dir, spec.chain_id):  # re-entrant in the holding process
+        assert run_chain(spec, run_dir).trained_now == [0, 1, 2]
 
 
 def test_bad_backend_is_refused(tmp_path: Path) -> None:
@@ -98,3 +107,44 @@ def test_results_for_unknown_root_is_an_error(tmp_path: Path) -> None:
 
 def test_chainbusy_is_a_user_error() -> None:
     assert issubclass(ChainBusy, ClipclError)
+
+
+@pytest.mark.slow
+def test_a_dead_coordinator_loses_nothing_and_resubmit_does_not_double_run(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(SWEEP.read_text().replace("iterations: 6", "iterations: 40"))
+    first = clipcl("submit", str(sweep), "--backend", "local", "--root", str(root), "--jobs", "2")
+    assert first.returncode == 0 and "coordinator pid" in first.stdout, first.stderr
+    markers = root / "coordinators"
+
+    def started() -> bool:
+        return any(_done_tasks(d) > 0 for d in (root / "chains").glob("*"))
+
+    deadline = time.time() + 300
+    while not (started() and list(markers.glob("*.json"))) and time.time() < deadline:
+        time.sleep(0.2)
+    (marker,) = list(markers.glob("*.json"))
+    os.kill(json.loads(marker.read_text())["pid"], signal.SIGKILL)  # the coordinator dies
+    done_before = {d.name: _done_tasks(d) for d in (root / "chains").glob("*")}
+    assert sum(done_before.values()) < 4 * 3, "killed too late"
+
+    again = clipcl(
+        "submit", str(sweep), "--backend", "local", "--root", str(root), "--follow", "--jobs", "2"
+    )
+    assert again.returncode == 0, again.stderr
+    status = clipcl("status", str(sweep), "--root", str(root))
+    assert "4 done" in status.stdout, status.stdout + again.stderr
+    for run_dir in (root / "chains").glob("*"):  # no task was trained twice at the same time
+        assert _done_tasks(run_dir) == 3
+        log = (run_dir / "worker.log").read_text() if (run_dir / "worker.log").exists() else ""
+        assert "Traceback" not in log
+
+
+def _done_tasks(run_dir: Path) -> int:
+    try:
+        return len(json.loads((run_dir / "state.json").read_text())["completed"])
+    except (OSError, ValueError, KeyError):
+        return 0

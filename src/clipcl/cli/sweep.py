@@ -150,6 +150,30 @@ def _owned_by_live_coordinators(root: Path) -> dict[str, int]:
     return owned
 
 
+def _locked(run_dir: Path) -> bool:
+    """Whether some live process holds the chain's lock (e.g. a dead coordinator's worker)."""
+    import fcntl
+
+    if not (run_dir / ".lock").exists():
+        return False
+    with open(run_dir / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+def _wait_unlocked(run_dirs: list[Path], stop: threading.Event, poll_s: float = 1.0) -> None:
+    """Block until no process holds the lock of any of ``run_dirs``."""
+    pending = list(run_dirs)
+    while pending and not stop.is_set():
+        pending = [d for d in pending if _locked(d)]
+        if pending:
+            time.sleep(poll_s)
+
+
 def _make_backend(name: str, jobs: int | None, ray_address: str | None):
     if name == "local":
         from clipcl.orchestrator.local import LocalBackend
@@ -186,14 +210,22 @@ def _coordinate(
     store = ResultsStore(root)
     store.set_states([e.chain_id for e in entries], "queued", backend=backend_name)
 
+    orphans: set[str] = set()  # chains a worker of a dead coordinator is still running
+    totals = {e.chain_id: e.spec_tasks for e in entries}
+
     def on_event(chain_id: str, state: str, detail: str | None) -> None:
         run_dir = root / "chains" / chain_id
+        if state == "failed" and _locked(run_dir):
+            orphans.add(chain_id)
+            state, detail = "running", "a worker of an earlier coordinator"
         if state == "running":
             store.set_state(
                 chain_id, "running", backend=backend_name, job_id=detail, count_attempt=True
             )
         elif state in {"done", "failed", "cancelled"}:
             store.ingest_chain(chain_id, run_dir)
+            if state == "failed" and _disk_progress(root, chain_id) >= totals[chain_id]:
+                state = "done"  # finished meanwhile by the worker that held it
             if state != "done":
                 store.set_state(chain_id, state, error=detail)
         err.print(
@@ -207,6 +239,11 @@ def _coordinate(
     backend = _make_backend(backend_name, jobs, ray_address)
     try:
         final = run_jobs(backend, chain_jobs, on_event, stop=stop)
+        while orphans and not stop.is_set():  # wait for them, then finish what they left
+            _wait_unlocked([root / "chains" / c for c in orphans], stop)
+            again = [j for j in chain_jobs if j.chain_id in orphans]
+            orphans.clear()
+            final.update(run_jobs(backend, again, on_event, stop=stop))
     finally:
         backend.shutdown()
         marker.unlink(missing_ok=True)

@@ -238,7 +238,7 @@ class LocalBackend:
             handle._proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
+                stdout=log,  # a file, not a pipe: the worker outlives a dying coordinator
                 stderr=log,
                 env=self._env(handle),
                 start_new_session=True,  # its own process group: cancel reaches its children
@@ -250,22 +250,26 @@ class LocalBackend:
         handle._watcher.start()
 
     def _watch(self, handle: LocalJob) -> None:
-        """Tee the worker's stdout into its log, wait for its exit and settle the job."""
+        """Wait for the worker's exit (with its time limit) and settle the job."""
         proc = handle._proc
-        assert proc is not None and proc.stdout is not None
+        assert proc is not None
         timer = threading.Timer(handle.job.resources.timeout_s, self._time_out, (handle,))
         timer.daemon = True
         timer.start()
-        last = b""
-        with open(handle.log_path, "ab") as log:
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()
-                if line.strip():
-                    last = line
         returncode = proc.wait()
         timer.cancel()
-        self._settle(handle, returncode, last)
+        self._settle(handle, returncode, self._result_line(handle))
+
+    @staticmethod
+    def _result_line(handle: LocalJob) -> bytes:
+        """The worker's result: the last JSON object line it wrote to its log in this run."""
+        with open(handle.log_path, "rb") as log:
+            log.seek(handle._log_offset)
+            lines = log.read().splitlines()
+        for line in reversed(lines):
+            if line.startswith(b"{") and b'"chain_id"' in line:
+                return line
+        return b""
 
     def _settle(self, handle: LocalJob, returncode: int, last: bytes) -> None:
         with self._lock:

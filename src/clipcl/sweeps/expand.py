@@ -41,6 +41,13 @@ class ChainEntry:
         return self.spec.chain_id
 
     @property
+    def spec_tasks(self) -> int:
+        """Number of tasks of the chain's benchmark."""
+        from clipcl.data import benchmark_info
+
+        return len(benchmark_info(self.benchmark).task_names)
+
+    @property
     def settings_label(self) -> str:
         return ", ".join(f"{k}={json.dumps(v)}" for k, v in self.settings) or "-"
 

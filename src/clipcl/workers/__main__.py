@@ -1,7 +1,7 @@
 """The chain worker's entry point: ``python -m clipcl.workers --run-dir DIR``.
 
 Owns the contract between a backend and one chain: the run directory holds ``spec.json``
-(written by the coordinator); the worker locks ``worker.lock`` (one live worker per chain),
+(written by the coordinator); the worker holds the chain's lock (one live worker per chain),
 records its PID in ``worker.pid``, runs or resumes the chain with
 :func:`clipcl.workers.run_chain` and prints the result as one JSON line on stdout. Progress
 goes to stderr. Exit codes: 0 done, 2 bad input (``ClipclError``, one line on
@@ -14,13 +14,11 @@ never imports an orchestration framework.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,11 +27,10 @@ import torch
 from clipcl.durable import atomic_write_bytes
 from clipcl.errors import ClipclError
 from clipcl.validation import validate
-from clipcl.workers.chain import ChainProgress, run_chain
+from clipcl.workers.chain import ChainProgress, chain_lock, run_chain
 from clipcl.workers.spec import ChainSpec
 
 PID_FILE = "worker.pid"
-LOCK_FILE = "worker.lock"
 SPEC_FILE = "spec.json"
 
 
@@ -110,35 +107,13 @@ def run_chain_dir(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ClipclError(f"run directory not found: {run_dir}")
-    with _chain_lock(run_dir):
+    spec = load_spec(run_dir)
+    with chain_lock(run_dir, spec.chain_id):  # before the pid file: a refused worker writes none
         write_pid(run_dir)
-        spec = load_spec(run_dir)
         if threads is not None and threads > 0:
             torch.set_num_threads(threads)
         result = run_chain(spec, run_dir, data_root=data_root, device=device, progress=progress)
     return result.to_json()
-
-
-@contextlib.contextmanager
-def _chain_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``run_dir/worker.lock``: one worker per chain at a time.
-
-    The kernel drops the lock when the process dies, so a killed worker never blocks a retry.
-
-    Raises:
-        ClipclError: Another live worker holds the chain.
-    """
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ClipclError(
-                f"the chain in {run_dir} is already running (worker pid {read_pid(run_dir)})"
-            ) from None
-        yield
-    finally:
-        os.close(fd)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

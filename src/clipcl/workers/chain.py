@@ -178,20 +178,38 @@ def load_result(
     return result
 
 
+_HELD: set[Path] = set()  # run dirs whose lock this process holds (the lock is re-entrant)
+
+
 @contextlib.contextmanager
 def chain_lock(run_dir: Path, chain_id: str) -> Iterator[None]:
     """Hold an exclusive lock on the chain's run directory: one process trains a chain at a time
-    (a resubmitted or retried chain never runs twice at once). Uses ``flock``, which is local to
-    a host on some network filesystems."""
+    (a resubmitted or retried chain never runs twice at once). Re-entrant within a process; the
+    kernel drops it when the process dies. Uses ``flock``, which is local to a host on some
+    network filesystems.
+
+    Raises:
+        ChainBusy: another live process holds the chain.
+    """
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _HELD:
+        yield
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / ".lock", "a+") as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ChainBusy(f"chain {chain_id} is already running in another process") from None
+            try:
+                holder = f"worker pid {int((run_dir / 'worker.pid').read_text().strip())}"
+            except (OSError, ValueError):
+                holder = "another process"
+            raise ChainBusy(f"chain {chain_id} is already running ({holder})") from None
+        _HELD.add(run_dir)
         try:
             yield
         finally:
+            _HELD.discard(run_dir)
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 

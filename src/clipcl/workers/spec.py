@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -95,7 +96,7 @@ class ChainSpec(BaseModel):
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
-    @property
+    @functools.cached_property
     def chain_id(self) -> str:
         """Short hash of the canonical resolved spec: equal specs share a run directory."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]

@@ -1,0 +1,127 @@
+"""Orchestration overhead, measured in one run on this machine (no asserts).
+
+1. N short chains through ``clipcl submit --backend ray --follow`` versus ``run_chain`` called in
+   a loop (goal: ratio <= 1.10 plus Ray start-up, which is printed separately).
+2. Planning a 10 000-chain sweep: load + expand + per-chain state lookup (goal < 2 s).
+3. ``status`` on 10 000 chains: ingest + progress query + table (goal < 1 s).
+4. The results table from 1 000 000 evaluation rows: see bench/results_table.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _sweep(path: Path, chains: int, iterations: int) -> None:
+    seeds = ", ".join(str(s) for s in range(chains))
+    path.write_text(
+        f"name: bench\nbenchmarks: [smoke]\nmethods: {{finetune: {{}}}}\n"
+        f"train: {{iterations: {iterations}, batch_size: 16, warmup_steps: 2}}\n"
+        f"seeds: [{seeds}]\nresources: {{cpus: 1}}\n"
+    )
+
+
+def ray_vs_direct(chains: int, iterations: int) -> None:
+    from clipcl.sweeps import expand, load_sweep
+    from clipcl.workers import run_chain
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sweep = Path(tmp) / "bench.yaml"
+        _sweep(sweep, chains, iterations)
+        torch.set_num_threads(1)  # as a 1-cpu job
+        t0 = time.perf_counter()
+        for e in expand(load_sweep(sweep), str(sweep)):
+            run_chain(e.spec, Path(tmp) / "direct" / e.chain_id)
+        direct = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "clipcl.cli",
+                "submit",
+                str(sweep),
+                "--backend",
+                "ray",
+                "--root",
+                str(Path(tmp) / "ray"),
+                "--follow",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        via_ray = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import ray; ray.init(address='local', "
+                "include_dashboard=False, num_cpus=2); ray.shutdown()",
+            ],
+            capture_output=True,
+            check=True,
+        )
+        ray_start = time.perf_counter() - t0
+    n = len(re.findall(r"^\S+ [0-9a-f]{12} done$", proc.stderr, flags=re.M))
+    print(
+        f"{chains} chains x {iterations} it: direct loop {direct:.1f} s; clipcl submit --backend "
+        f"ray --follow {via_ray:.1f} s ({n} done); ratio {via_ray / direct:.2f} "
+        f"(Ray start-up + shutdown alone {ray_start:.1f} s; ratio without it "
+        f"{(via_ray - ray_start) / direct:.2f}; the submit runs up to 2 chains at once)"
+    )
+
+
+def plan_and_status(chains: int) -> None:
+    from clipcl.cli.sweep import _disk_progress, _records
+    from clipcl.results.store import ResultsStore
+    from clipcl.sweeps import expand, load_sweep
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sweep_path = Path(tmp) / "big.yaml"
+        _sweep(sweep_path, chains, 5)
+        root = Path(tmp) / "root"
+        t0 = time.perf_counter()
+        entries = expand(load_sweep(sweep_path), str(sweep_path))
+        for e in entries:
+            _disk_progress(root, e.chain_id)
+        plan_s = time.perf_counter() - t0
+        print(
+            f"plan of a {len(entries)}-chain sweep (load + expand + state lookup): "
+            f"{plan_s:.2f} s ({plan_s / 2:.2f} x goal)"
+        )
+        with ResultsStore(root) as store:
+            store.record_sweep("bench", str(sweep_path), {}, _records(entries))
+        t0 = time.perf_counter()
+        with ResultsStore(root) as store:
+            store.ingest_root(root)
+            rows = store.chain_progress("bench")
+        status_s = time.perf_counter() - t0
+        print(
+            f"status of {len(rows)} chains (open store + ingest + progress query): "
+            f"{status_s:.2f} s ({status_s:.2f} x goal); the `clipcl status` process adds "
+            "its interpreter and import start-up"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--plan-chains", type=int, default=10_000)
+    args = parser.parse_args()
+    plan_and_status(args.plan_chains)
+    ray_vs_direct(args.chains, args.iterations)
+
+
+if __name__ == "__main__":
+    main()
