@@ -148,3 +148,32 @@ def _done_tasks(run_dir: Path) -> int:
         return len(json.loads((run_dir / "state.json").read_text())["completed"])
     except (OSError, ValueError, KeyError):
         return 0
+
+
+@pytest.mark.slow
+def test_cancel_then_retry_resumes_the_sweep(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(SWEEP.read_text().replace("iterations: 6", "iterations: 40"))
+    first = clipcl("submit", str(sweep), "--backend", "local", "--root", str(root), "--jobs", "2")
+    assert first.returncode == 0, first.stderr
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(
+        _done_tasks(d) > 0 for d in (root / "chains").glob("*")
+    ):
+        time.sleep(0.2)
+    cancel = clipcl("cancel", str(sweep), "--root", str(root))
+    assert cancel.returncode == 0 and "via their coordinator" in cancel.stdout, cancel.stderr
+    while time.time() < deadline and list((root / "coordinators").glob("*.json")):
+        time.sleep(0.2)  # the coordinator cancels its jobs and exits
+    status = clipcl("status", str(sweep), "--root", str(root))
+    assert "cancelled" in status.stdout and "4 done" not in status.stdout, status.stdout
+    partial = {d.name: _done_tasks(d) for d in (root / "chains").glob("*")}
+    retry = clipcl("retry", str(sweep), "--root", str(root), "--follow", "--jobs", "2")
+    assert retry.returncode == 0, retry.stderr
+    status = clipcl("status", str(sweep), "--root", str(root))
+    assert "4 done" in status.stdout, status.stdout
+    resumed = [c for c, n in partial.items() if n > 0]
+    for chain_id in resumed:  # the cancelled chains resumed instead of starting over
+        log = (root / "chains" / chain_id / "worker.log").read_text()
+        assert "resuming after task" in log, chain_id

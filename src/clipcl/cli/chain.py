@@ -21,7 +21,7 @@ from clipcl.cli.common import (
     out,
 )
 from clipcl.errors import ClipclError, did_you_mean
-from clipcl.workers.chain import ChainProgress
+from clipcl.progress import ChainProgress
 
 
 @app.command()

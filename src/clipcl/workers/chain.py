@@ -33,23 +33,12 @@ from clipcl.models import (
     pick_device,
     save_checkpoint,
 )
+from clipcl.progress import ChainProgress
 from clipcl.results.metrics import cil_metrics, mtil_metrics
 from clipcl.results.records import ZEROSHOT, ChainRecords
 from clipcl.workers.evaluate import evaluate
 from clipcl.workers.spec import ChainSpec
 from clipcl.workers.train import make_loader, train_task
-
-
-class ChainProgress:
-    """Receives progress events; the base class ignores them (the CLI draws rich bars)."""
-
-    def message(self, text: str) -> None: ...
-
-    def task_started(self, index: int, name: str, steps: int) -> None: ...
-
-    def step(self, index: int, step: int, steps: int, loss: float) -> None: ...
-
-    def task_finished(self, index: int, name: str, accuracies: list[float]) -> None: ...
 
 
 @dataclass
