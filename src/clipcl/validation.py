@@ -6,6 +6,7 @@ what is allowed, with a did-you-mean for misspelt keys.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,23 +29,28 @@ def parse_scalar(text: str) -> Any:
         return text
 
 
+def set_dotted(data: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Set ``data[a][b][c] = value`` for ``key == 'a.b.c'``, creating sections as needed."""
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ClipclError(f"{source}: empty component in key '{key}'")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ClipclError(f"{source}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str = "--set") -> dict:
     """Return a copy of ``data`` with each ``key.path=value`` applied (nested dicts are created)."""
-    out = json.loads(json.dumps(data))
+    out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise ClipclError(f"{source} '{item}': expected KEY=VALUE, e.g. train.lr=1e-4")
         key, _, raw = item.partition("=")
-        parts = key.strip().split(".")
-        if not all(parts):
-            raise ClipclError(f"{source} '{item}': empty component in key '{key}'")
-        node = out
-        for p in parts[:-1]:
-            child = node.setdefault(p, {})
-            if not isinstance(child, dict):
-                raise ClipclError(f"{source} '{item}': '{p}' is a value, not a section")
-            node = child
-        node[parts[-1]] = parse_scalar(raw)
+        set_dotted(out, key, parse_scalar(raw), f"{source} '{item}'")
     return out
 
 

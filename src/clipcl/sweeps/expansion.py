@@ -16,6 +16,7 @@ from typing import Any
 from clipcl.errors import ClipclError
 from clipcl.methods import method_class
 from clipcl.sweeps.schema import SweepFile
+from clipcl.validation import set_dotted
 from clipcl.workers import ChainSpec
 
 #: Train keys that still matter for a method that never trains (they shape evaluation).
@@ -50,20 +51,6 @@ class ChainEntry:
     @property
     def settings_label(self) -> str:
         return ", ".join(f"{k}={json.dumps(v)}" for k, v in self.settings) or "-"
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any, source: str) -> None:
-    """Set ``data[a][b][c] = value`` for ``key == 'a.b.c'`` (creating sections)."""
-    parts = key.split(".")
-    if not all(parts):
-        raise ClipclError(f"{source}: '{key}': empty component in a dotted key")
-    node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ClipclError(f"{source}: '{key}': '{part}' is a value, not a section")
-        node = child
-    node[parts[-1]] = copy.deepcopy(value)
 
 
 def _assignments(grid: dict[str, list[Any]], zips: list[dict[str, list[Any]]]):
