@@ -56,3 +56,20 @@ def test_pretraining_is_deterministic() -> None:
     b = pretrain_tiny(steps=2, batch_size=8, warmup_steps=1, seed=5)
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
+
+
+def test_package_data_ships_the_weights_and_configs() -> None:
+    """A wheel (not only an editable install) must carry the weights and model configs."""
+    from pathlib import Path
+
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    package = repo / "src" / "clipcl"
+    patterns = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["clipcl"]
+    shipped = {p for pattern in patterns for p in package.glob(pattern)}
+    for data_dir in ("models/weights", "models/configs"):
+        for path in (package / data_dir).iterdir():
+            assert path in shipped, f"{path} is not in [tool.setuptools.package-data]"
