@@ -8,12 +8,10 @@ so submitting again never runs a chain twice; it dispatches only what is not fin
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -59,12 +57,9 @@ def _records(entries) -> list:
 
 
 def _disk_progress(root: Path, chain_id: str) -> int:
-    """Finished tasks of a chain according to its durable records (0 if it never ran)."""
-    state = root / "chains" / chain_id / "state.json"
-    try:
-        return len(json.loads(state.read_text())["completed"])
-    except (OSError, ValueError, KeyError):
-        return 0
+    from clipcl.orchestrator.sweep_runner import finished_tasks
+
+    return finished_tasks(root / "chains" / chain_id)
 
 
 def _store_states(root: Path) -> dict[str, dict[str, Any]]:
@@ -120,70 +115,6 @@ def plan(
     out.print(f"{summary}; work left: {left_tasks} task trainings, {left_iters} iterations")
 
 
-# ----- coordinators: one file per live coordinator lists the chains it owns -----
-def _coordinators_dir(root: Path) -> Path:
-    return root / "coordinators"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _owned_by_live_coordinators(root: Path) -> dict[str, int]:
-    """chain id → pid of the live coordinator running it; stale files are removed."""
-    owned: dict[str, int] = {}
-    for path in sorted(_coordinators_dir(root).glob("*.json")):
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if _alive(int(info["pid"])):
-            owned.update({c: int(info["pid"]) for c in info["chains"]})
-        else:
-            path.unlink(missing_ok=True)
-    return owned
-
-
-def _locked(run_dir: Path) -> bool:
-    """Whether some live process holds the chain's lock (e.g. a dead coordinator's worker)."""
-    import fcntl
-
-    if not (run_dir / ".lock").exists():
-        return False
-    with open(run_dir / ".lock", "a+") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-        return False
-
-
-def _wait_unlocked(run_dirs: list[Path], stop: threading.Event, poll_s: float = 1.0) -> None:
-    """Block until no process holds the lock of any of ``run_dirs``."""
-    pending = list(run_dirs)
-    while pending and not stop.is_set():
-        pending = [d for d in pending if _locked(d)]
-        if pending:
-            time.sleep(poll_s)
-
-
-def _make_backend(name: str, jobs: int | None, ray_address: str | None):
-    if name == "local":
-        from clipcl.orchestrator.local import LocalBackend
-
-        return LocalBackend(max_parallel=jobs)
-    from clipcl.orchestrator.ray_backend import RayBackend
-
-    return RayBackend(address=ray_address)
-
-
 def _coordinate(
     sweep,
     entries,
@@ -193,61 +124,19 @@ def _coordinate(
     ray_address: str | None,
     data_root: str | None,
 ) -> None:
-    """Run the chains of ``entries`` on a backend, recording every state change in the store."""
-    from clipcl.durable import atomic_write_json
-    from clipcl.orchestrator.backend import Resources, prepare_job
-    from clipcl.orchestrator.coordinator import run_jobs
-    from clipcl.results.store import ResultsStore
+    """Run the chains of ``entries`` here, recording every state change in the store."""
+    from clipcl.orchestrator.sweep_runner import SweepChain, make_backend, run_sweep_chains
 
-    resources = Resources.from_mapping(sweep.resources.model_dump())
-    chain_jobs = [
-        prepare_job(e.spec, root / "chains" / e.chain_id, resources, data_root) for e in entries
-    ]
-    marker = _coordinators_dir(root) / f"{os.getpid()}.json"
-    atomic_write_json(
-        marker, {"pid": os.getpid(), "sweep": sweep.name, "chains": [e.chain_id for e in entries]}
+    chains = [SweepChain(e.chain_id, e.spec, e.spec_tasks) for e in entries]
+    final = run_sweep_chains(
+        sweep.name,
+        chains,
+        root,
+        sweep.resources.model_dump(),
+        make_backend(backend_name, jobs, ray_address),
+        data_root,
+        log=lambda line: err.print(line, highlight=False),
     )
-    store = ResultsStore(root)
-    store.set_states([e.chain_id for e in entries], "queued", backend=backend_name)
-
-    orphans: set[str] = set()  # chains a worker of a dead coordinator is still running
-    totals = {e.chain_id: e.spec_tasks for e in entries}
-
-    def on_event(chain_id: str, state: str, detail: str | None) -> None:
-        run_dir = root / "chains" / chain_id
-        if state == "failed" and _locked(run_dir):
-            orphans.add(chain_id)
-            state, detail = "running", "a worker of an earlier coordinator"
-        if state == "running":
-            store.set_state(
-                chain_id, "running", backend=backend_name, job_id=detail, count_attempt=True
-            )
-        elif state in {"done", "failed", "cancelled"}:
-            store.ingest_chain(chain_id, run_dir)
-            if state == "failed" and _disk_progress(root, chain_id) >= totals[chain_id]:
-                state = "done"  # finished meanwhile by the worker that held it
-            if state != "done":
-                store.set_state(chain_id, state, error=detail)
-        err.print(
-            f"{time.strftime('%H:%M:%S')} {chain_id} {state}"
-            + (f": {detail}" if detail and state != "running" else ""),
-            highlight=False,
-        )
-
-    stop = threading.Event()  # SIGTERM (clipcl cancel) cancels every unfinished job
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    backend = _make_backend(backend_name, jobs, ray_address)
-    try:
-        final = run_jobs(backend, chain_jobs, on_event, stop=stop)
-        while orphans and not stop.is_set():  # wait for them, then finish what they left
-            _wait_unlocked([root / "chains" / c for c in orphans], stop)
-            again = [j for j in chain_jobs if j.chain_id in orphans]
-            orphans.clear()
-            final.update(run_jobs(backend, again, on_event, stop=stop))
-    finally:
-        backend.shutdown()
-        marker.unlink(missing_ok=True)
-        store.close()
     bad = sorted(c for c, s in final.items() if s != "done")
     err.print(f"coordinator finished: {len(final) - len(bad)} done, {len(bad)} not done")
 
@@ -287,7 +176,9 @@ def submit(
         for e in entries
         if _disk_progress(root, e.chain_id) < len(benchmark_info(e.benchmark).task_names)
     ]
-    owned = _owned_by_live_coordinators(root)
+    from clipcl.orchestrator.sweep_runner import owned_by_live_coordinators
+
+    owned = owned_by_live_coordinators(root)
     todo = [e for e in unfinished if e.chain_id not in owned]
     out.print(
         f"sweep {sweep.name}: {len(entries)} chains, {len(entries) - len(unfinished)} done, "
@@ -461,7 +352,9 @@ def cancel(
     root = root or _root_for(target if Path(target).suffix in {".yaml", ".yml"} else None, None)
     ids = set(_chains_of(target, root))
     stopped = 0
-    for chain_id, pid in _owned_by_live_coordinators(root).items():
+    from clipcl.orchestrator.sweep_runner import owned_by_live_coordinators
+
+    for chain_id, pid in owned_by_live_coordinators(root).items():
         if chain_id in ids:  # the coordinator cancels its jobs on SIGTERM
             os.kill(pid, signal.SIGTERM)
             stopped += 1

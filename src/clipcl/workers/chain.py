@@ -202,6 +202,20 @@ def chain_lock(run_dir: Path, chain_id: str) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def chain_locked(run_dir: Path) -> bool:
+    """Whether another live process holds the chain's lock (probes without keeping it)."""
+    lock = Path(run_dir) / ".lock"
+    if not lock.exists() or Path(run_dir).resolve() in _HELD:
+        return False
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return False
+
+
 class ChainBusy(ClipclError):
     """Another process holds the chain's lock."""
 
