@@ -42,6 +42,19 @@ def tiny_spec(
     )
 
 
+def smoke_spec(seed: int = 0, iterations: int = 10) -> ChainSpec:
+    """A finetune chain of the tiny CLIP on ``smoke`` with the benchmark's other defaults."""
+    return ChainSpec.build(
+        {
+            "model": {"arch": "tiny"},
+            "benchmark": "smoke",
+            "method": "finetune",
+            "train": {"iterations": iterations},
+            "seed": seed,
+        }
+    )
+
+
 @pytest.fixture
 def spec_factory():
     return tiny_spec

@@ -29,20 +29,9 @@ from clipcl.orchestrator import (
 from clipcl.results.records import ChainRecords
 from clipcl.sweeps.schema import Resources as SweepResources
 from clipcl.workers import ChainSpec, run_chain
+from tests.conftest import smoke_spec
 
 WORKER = [sys.executable, "-m", "clipcl.workers"]
-
-
-def smoke_spec(seed: int = 0, iterations: int = 10) -> ChainSpec:
-    return ChainSpec.build(
-        {
-            "model": {"arch": "tiny"},
-            "benchmark": "smoke",
-            "method": "finetune",
-            "train": {"iterations": iterations},
-            "seed": seed,
-        }
-    )
 
 
 @contextmanager

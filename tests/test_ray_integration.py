@@ -25,6 +25,7 @@ from clipcl.orchestrator import (
 )
 from clipcl.results.records import ChainRecords
 from clipcl.workers import ChainSpec, run_chain
+from tests.conftest import smoke_spec
 
 ray = pytest.importorskip("ray")
 
@@ -46,18 +47,6 @@ def local_ray() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
-
-
-def smoke_spec(seed: int = 0, iterations: int = 6) -> ChainSpec:
-    return ChainSpec.build(
-        {
-            "model": {"arch": "tiny"},
-            "benchmark": "smoke",
-            "method": "finetune",
-            "train": {"iterations": iterations},
-            "seed": seed,
-        }
-    )
 
 
 def direct_matrix(spec: ChainSpec, run_dir: Path) -> list[Any]:
@@ -103,7 +92,7 @@ class Recording:
 
 
 def test_four_chains_through_ray_equal_direct_runs(local_ray: None, tmp_path: Path) -> None:
-    specs = [smoke_spec(seed=s) for s in range(4)]
+    specs = [smoke_spec(seed=s, iterations=6) for s in range(4)]
     jobs = [prepare_job(s, tmp_path / "runs" / s.chain_id) for s in specs]
     events: list[tuple[str, str, str | None]] = []
     backend = Recording(RayBackend())
@@ -166,7 +155,7 @@ def test_bad_spec_fails_once_and_infeasible_job_can_be_cancelled(
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "spec.json").write_text(json.dumps({"benchmark": "smoke", "method": {}, "bogus": 1}))
-    huge = prepare_job(smoke_spec(), tmp_path / "huge", Resources(cpus=64))
+    huge = prepare_job(smoke_spec(iterations=6), tmp_path / "huge", Resources(cpus=64))
     backend = RayBackend(max_retries=3)
     failing, waiting = backend.submit([ChainJob("bad", bad), huge])
     with pytest.raises(ChainFailed, match="unknown key 'bogus'"):
