@@ -37,7 +37,7 @@ __all__ = ["DB_NAME", "STATES", "ChainRecord", "ResultsStore", "collect_provenan
 DB_NAME = "clipcl.sqlite"
 STATES = ("new", "queued", "running", "done", "failed", "cancelled")
 BUSY_TIMEOUT_S = 30.0
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the jobs table (scheduler jobs of each chain)
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _VERSIONED = ("clipcl", "torch", "open_clip_torch", "ray")
 # Core columns of eval_rows_frame(); a setting with one of these names is not repeated.
@@ -80,6 +80,12 @@ CREATE TABLE IF NOT EXISTS eval_rows (
 CREATE TABLE IF NOT EXISTS provenance (
     scope TEXT NOT NULL CHECK (scope IN ('sweep', 'chain')), owner TEXT NOT NULL,
     key TEXT NOT NULL, value_json TEXT, PRIMARY KEY (scope, owner, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    chain_id TEXT NOT NULL REFERENCES chains (chain_id) ON DELETE CASCADE,
+    backend TEXT NOT NULL, first_task INTEGER, last_task INTEGER, log_dir TEXT,
+    state TEXT NOT NULL DEFAULT 'queued', submitted REAL NOT NULL, updated REAL);
+CREATE INDEX IF NOT EXISTS jobs_chain ON jobs (chain_id);
 PRAGMA user_version = {SCHEMA_VERSION}
 """
 
@@ -537,6 +543,53 @@ class ResultsStore:
         for row in out:
             row["settings"] = json.loads(row["settings"])
         return out
+
+    # ----- scheduler jobs (one chain may have several: requeues keep the id, per-task mode
+    # submits one job per task) -----
+    def record_jobs(self, jobs: Iterable[Mapping[str, Any]]) -> None:
+        """Record submitted jobs: dicts with job_id, chain_id, backend and optionally
+        first_task, last_task (the tasks the job runs) and log_dir."""
+        now = time.time()
+        with self._write() as c:
+            for j in jobs:
+                c.execute(
+                    "INSERT OR REPLACE INTO jobs (job_id, chain_id, backend, first_task, "
+                    "last_task, log_dir, state, submitted, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    (
+                        str(j["job_id"]),
+                        j["chain_id"],
+                        j["backend"],
+                        j.get("first_task"),
+                        j.get("last_task"),
+                        j.get("log_dir"),
+                        now,
+                        now,
+                    ),
+                )
+
+    def jobs(
+        self, chain_ids: Iterable[str] | None = None, backend: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Recorded jobs (oldest first), optionally of some chains and one backend."""
+        sql, params = "SELECT * FROM jobs WHERE 1 = 1", []
+        if backend is not None:
+            sql += " AND backend = ?"
+            params.append(backend)
+        rows = self._dicts(sql + " ORDER BY submitted, job_id", tuple(params))
+        if chain_ids is not None:
+            wanted = set(chain_ids)
+            rows = [r for r in rows if r["chain_id"] in wanted]
+        return rows
+
+    def set_job_states(self, states: Mapping[str, str]) -> None:
+        """Update the last known state of jobs (job id → state)."""
+        now = time.time()
+        with self._write() as c:
+            c.executemany(
+                "UPDATE jobs SET state = ?, updated = ? WHERE job_id = ?",
+                [(state, now, job_id) for job_id, state in states.items()],
+            )
 
     # ----- provenance -----
     @staticmethod

@@ -88,6 +88,7 @@ def run_chain_dir(
     *,
     threads: int | None = None,
     progress: ChainProgress | None = None,
+    until_task: int | None = None,
 ) -> dict[str, Any]:
     """Run or resume the chain whose spec is ``run_dir/spec.json``; return its result JSON.
 
@@ -97,6 +98,7 @@ def run_chain_dir(
         device: ``cpu``, ``cuda`` or ``cuda:N`` (``None``: CUDA when visible, else CPU).
         threads: Torch intra-op threads (``None``: leave as is).
         progress: A ``ChainProgress`` receiving events (``None``: none).
+        until_task: Stop once tasks ``0..until_task-1`` are finished (``None``: all).
 
     Returns:
         ``ChainResult.to_json()`` of the finished chain.
@@ -112,7 +114,14 @@ def run_chain_dir(
         write_pid(run_dir)
         if threads is not None and threads > 0:
             torch.set_num_threads(threads)
-        result = run_chain(spec, run_dir, data_root=data_root, device=device, progress=progress)
+        result = run_chain(
+            spec,
+            run_dir,
+            data_root=data_root,
+            device=device,
+            progress=progress,
+            until_task=until_task,
+        )
     return result.to_json()
 
 
@@ -125,6 +134,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-root", default=None, help="Benchmark data root.")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N.")
     parser.add_argument("--threads", type=int, default=None, help="Torch CPU threads.")
+    parser.add_argument(
+        "--until-task",
+        type=int,
+        default=None,
+        help="Stop once tasks 0..N-1 are finished (default: run every task).",
+    )
     return parser.parse_args(argv)
 
 
@@ -138,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.device,
             threads=args.threads,
             progress=StreamProgress(sys.stderr),
+            until_task=args.until_task,
         )
     except ClipclError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

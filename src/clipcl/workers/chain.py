@@ -227,8 +227,13 @@ def run_chain(
     data_root: str | None = None,
     device: str | None = None,
     progress: ChainProgress | None = None,
+    until_task: int | None = None,
 ) -> ChainResult:
-    """Run (or resume) the chain ``spec`` in ``run_dir``; return its matrix and metrics."""
+    """Run (or resume) the chain ``spec`` in ``run_dir``; return its matrix and metrics.
+
+    ``until_task``: stop once tasks ``0..until_task-1`` are finished (one Slurm job per task
+    runs a chain piecewise); ``None`` runs every task.
+    """
     progress = progress or ChainProgress()
     records = ChainRecords(Path(run_dir))
     benchmark = get_benchmark(spec.benchmark, data_root=data_root)
@@ -238,7 +243,7 @@ def run_chain(
     method = create_method(spec.method_name, {k: v for k, v in spec.method.items() if k != "name"})
     _prepare_run_dir(spec, records)  # only once inputs are known good: bad input writes nothing
     with chain_lock(records.run_dir, spec.chain_id):
-        return _run_locked(spec, records, benchmark, model, method, dev, progress)
+        return _run_locked(spec, records, benchmark, model, method, dev, progress, until_task)
 
 
 def _run_locked(
@@ -249,6 +254,7 @@ def _run_locked(
     method: Method,
     dev: torch.device,
     progress: ChainProgress,
+    until_task: int | None = None,
 ) -> ChainResult:
     progress.message(
         f"chain {spec.chain_id}: {spec.method_name} on {spec.benchmark} "
@@ -279,8 +285,11 @@ def _run_locked(
         progress.message(f"all {start} tasks already finished")
     elif start > 0:
         progress.message(f"resuming after task {start} of {len(benchmark.tasks)}")
+    stop = len(benchmark.tasks) if until_task is None else min(until_task, len(benchmark.tasks))
+    if start < stop < len(benchmark.tasks):
+        progress.message(f"this job runs tasks {start}..{stop - 1}")
     trained_now = []
-    for k in range(start, len(benchmark.tasks)):
+    for k in range(start, stop):
         task = benchmark.tasks[k]
         ctx = TaskContext(index=k, task=task, benchmark=benchmark)
         derived = seed_everything(spec.seed, k)
