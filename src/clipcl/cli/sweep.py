@@ -22,7 +22,7 @@ from rich.table import Table
 from clipcl.cli.common import app, err, out
 from clipcl.errors import ClipclError, did_you_mean
 
-BACKENDS = ("local", "ray")
+BACKENDS = ("local", "ray", "slurm")
 
 
 def _load(sweep_file: Path, root: Path | None):
@@ -144,7 +144,7 @@ def _coordinate(
 @app.command()
 def submit(
     sweep_file: Path = typer.Argument(..., help="Sweep file (YAML)."),
-    backend: str = typer.Option("local", "--backend", help="local or ray."),
+    backend: str = typer.Option("local", "--backend", help="local, ray or slurm."),
     root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
     follow: bool = typer.Option(False, "--follow", help="Stay attached until all chains end."),
     jobs: int | None = typer.Option(
@@ -180,6 +180,9 @@ def submit(
 
     owned = owned_by_live_coordinators(root)
     todo = [e for e in unfinished if e.chain_id not in owned]
+    if backend == "slurm":
+        _submit_slurm(sweep, todo, root, str(sweep_file), data_root, follow)
+        return
     out.print(
         f"sweep {sweep.name}: {len(entries)} chains, {len(entries) - len(unfinished)} done, "
         f"{len(unfinished) - len(todo)} with a live coordinator, {len(todo)} to dispatch"
@@ -223,6 +226,35 @@ def submit(
     )
 
 
+def _submit_slurm(
+    sweep, todo, root: Path, source: str, data_root: str | None, follow: bool
+) -> None:
+    """Submit to Slurm and return (or, with ``follow``, wait until the chains end)."""
+    from clipcl.results.store import ResultsStore
+    from clipcl.slurm.dispatch import submit_sweep
+
+    with ResultsStore(root) as store:
+        sub = submit_sweep(sweep, todo, root, store, source=source, data_root=data_root)
+    chains = sorted({r["chain_id"] for r in sub.submitted})
+    arrays = sorted({r["job_id"].split("_")[0] for r in sub.submitted}, key=int)
+    out.print(
+        f"sweep {sweep.name}: {len(todo) - len(sub.live)} chains to submit, "
+        f"{len(sub.live)} with a live Slurm job; submitted {len(chains)} chains as "
+        f"{len(sub.submitted)} jobs (Slurm job ids {', '.join(arrays) or '-'}; partition "
+        f"{sub.partition}, chain_mode {sweep.slurm.chain_mode})"
+    )
+    if not chains:
+        return
+    if not follow:
+        out.print(f"follow with `clipcl status {source}`; logs: `clipcl logs CHAIN`")
+        return
+    from clipcl.slurm.track import wait
+
+    final = wait(root, chains, timeout_s=float("inf"))
+    bad = sorted(c for c, state in final.items() if state != "done")
+    err.print(f"slurm chains finished: {len(final) - len(bad)} done, {len(bad)} not done")
+
+
 def _sweep_name(sweep: str | None) -> tuple[str | None, Path | None]:
     """A sweep is named by its file or its name: (name, file)."""
     if sweep is None:
@@ -246,6 +278,22 @@ def _root_for(sweep: str | None, root: Path | None) -> Path:
     return Path("runs")
 
 
+def _refresh_slurm(store, root: Path) -> bool:
+    """Ask Slurm about the store's queued/running Slurm chains; whether a state changed."""
+    if not any(r["backend"] == "slurm" for r in store.chain_progress()):
+        return False
+    from clipcl.slurm.commands import SlurmError
+    from clipcl.slurm.track import refresh
+
+    before = {r["chain_id"]: r["state"] for r in store.chain_progress()}
+    try:
+        refresh(store, root)
+    except SlurmError as exc:
+        err.print(f"warning: cannot ask Slurm about job states: {exc}", highlight=False)
+        return False
+    return before != {r["chain_id"]: r["state"] for r in store.chain_progress()}
+
+
 @app.command()
 def status(
     sweep: str | None = typer.Argument(None, help="Sweep file or name (default: every chain)."),
@@ -260,17 +308,27 @@ def status(
     name, _ = _sweep_name(sweep)
     if not (root / "clipcl.sqlite").is_file():
         raise ClipclError(f"no results store under {root} (submit a sweep first, or pass --root)")
+    backoff = None
+    if watch:
+        from clipcl.slurm.track import Backoff
+
+        backoff = Backoff(base=watch, cap=max(watch, 60.0))
+    slurm_wait = 0.0
     while True:
         with ResultsStore(root) as store:
+            if time.monotonic() >= slurm_wait:
+                changed = _refresh_slurm(store, root)
+                slurm_wait = time.monotonic() + (backoff.next(changed) if backoff else 0)
             store.ingest_root(root)
             rows = store.chain_progress(name)
         counts: dict[str, int] = {}
         for r in rows:
             counts[r["state"]] = counts.get(r["state"], 0) + 1
-        table = Table(
-            title=f"{name or 'all chains'} under {root}: "
-            + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        summary = f"{name or 'all chains'} under {root}: " + ", ".join(
+            f"{v} {k}" for k, v in sorted(counts.items())
         )
+        out.print(summary, soft_wrap=True, highlight=False)  # one line, however long
+        table = Table()
         for col in ("chain", "method", "benchmark", "seed", "state", "tasks", "attempts", "job"):
             table.add_column(col)
         for r in rows[:limit]:
@@ -321,11 +379,21 @@ def logs(
     root: Path = typer.Option(Path("runs"), "--root", help="Run root."),
     lines: int = typer.Option(100, "--lines", help="Last N lines."),
 ) -> None:
-    """The worker log of a chain (stdout and stderr of its job)."""
+    """The worker log of a chain (stdout and stderr of its job; every Slurm job of it)."""
+    from clipcl.slurm.logs import chain_log_files
+
+    files = chain_log_files(root, chain)
     log = root / "chains" / chain / "worker.log"
-    if not log.is_file():
-        raise ClipclError(f"no worker log for chain '{chain}' at {log}")
-    print("\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+    if log.is_file():
+        files.append(log)
+    if not files:
+        raise ClipclError(
+            f"no log for chain '{chain}' under {root} (looked for {log} and Slurm job logs)"
+        )
+    for path in files:
+        if len(files) > 1:
+            print(f"==> {path} <==")
+        print("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
 
 
 def _chains_of(target: str, root: Path) -> list[str]:
@@ -359,6 +427,16 @@ def cancel(
             os.kill(pid, signal.SIGTERM)
             stopped += 1
     with ResultsStore(root) as store:
+        slurm_ids = [
+            r["chain_id"]
+            for r in store.chain_progress()
+            if r["chain_id"] in ids and r["backend"] == "slurm"
+        ]
+        scancelled = 0
+        if slurm_ids:
+            from clipcl.slurm.track import cancel_jobs
+
+            scancelled = cancel_jobs(store, slurm_ids)
         store.ingest_root(root)
         active = [
             r["chain_id"]
@@ -366,13 +444,16 @@ def cancel(
             if r["chain_id"] in ids and r["state"] in {"queued", "running", "new"}
         ]
         store.set_states(active, "cancelled")
-    out.print(f"cancelled {len(active)} chains ({stopped} via their coordinator)")
+    out.print(
+        f"cancelled {len(active)} chains ({stopped} via their coordinator, "
+        f"{scancelled} Slurm jobs scancelled)"
+    )
 
 
 @app.command()
 def retry(
     sweep_file: Path = typer.Argument(..., help="Sweep file (YAML)."),
-    backend: str = typer.Option("local", "--backend", help="local or ray."),
+    backend: str = typer.Option("local", "--backend", help="local, ray or slurm."),
     root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
     follow: bool = typer.Option(False, "--follow", help="Stay attached until all chains end."),
     jobs: int | None = typer.Option(None, "--jobs", min=1, help="local: chains at once."),

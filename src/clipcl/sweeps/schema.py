@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from clipcl.errors import ClipclError
+from clipcl.slurm.settings import SlurmSettings
 from clipcl.validation import validate
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -58,6 +59,9 @@ class SweepFile(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     resources: Resources = Field(default_factory=Resources)
     keep_checkpoints: int = Field(2, ge=0)
+    slurm: SlurmSettings = Field(
+        default_factory=SlurmSettings, description="Slurm backend settings (chain_mode, ...)."
+    )
 
     @field_validator("name")
     @classmethod

@@ -1,0 +1,310 @@
+"""Slurm backend pieces that need no cluster: settings, submitit parameters and sbatch text
+(against golden files), parsing of Slurm's outputs, per-task grouping, chain states, back-off.
+
+Regenerate the golden files with ``CLIPCL_UPDATE_GOLDEN=1 pytest tests/test_slurm_unit.py``
+and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clipcl.errors import ClipclError
+from clipcl.slurm import commands
+from clipcl.slurm.commands import job_states, parse_time_min, sacct_states
+from clipcl.slurm.preflight import flag_args, preflight
+from clipcl.slurm.script import ScriptChain, render_sbatch
+from clipcl.slurm.settings import SlurmSettings, sbatch_flags, submitit_parameters
+from clipcl.slurm.track import Backoff, chain_state
+from clipcl.sweeps import load_sweep
+from clipcl.validation import validate
+
+DATA = Path(__file__).parent / "data" / "slurm"
+UPDATE = os.environ.get("CLIPCL_UPDATE_GOLDEN") == "1"
+
+
+def _golden(name: str, text: str) -> None:
+    path = DATA / name
+    if UPDATE:
+        path.write_text(text)
+    assert path.read_text() == text, f"{name} differs from the golden file"
+
+
+def test_submitit_parameters_match_golden():
+    sweep = load_sweep(DATA / "meta.yaml")
+    params = submitit_parameters(sweep.slurm, sweep.resources, "clipcl-slurm-meta")
+    _golden("meta.submitit.json", json.dumps(params, indent=2, sort_keys=True) + "\n")
+    assert params["timeout_min"] == 30 and params["gpus_per_node"] == 1
+    assert params["slurm_partition"] == "debug" and params["slurm_array_parallelism"] == 4
+
+
+def test_submitit_accepts_the_parameters(tmp_path):
+    """Every key is one submitit knows (it validates names and renders its own script)."""
+    submitit = pytest.importorskip("submitit")
+    sweep = load_sweep(DATA / "meta.yaml")
+    params = submitit_parameters(sweep.slurm, sweep.resources, "clipcl-slurm-meta")
+    executor = submitit.AutoExecutor(folder=tmp_path, cluster="debug")
+    executor.update_parameters(**{k: v for k, v in params.items() if not k.startswith("slurm_")})
+    from submitit.slurm.slurm import SlurmExecutor
+
+    valid = SlurmExecutor._valid_parameters()
+    for key in params:
+        name = key.removeprefix("slurm_")
+        assert name in valid or key in {
+            "name",
+            "timeout_min",
+            "mem_gb",
+            "nodes",
+            "cpus_per_task",
+            "gpus_per_node",
+            "tasks_per_node",
+        }
+
+
+def _script(sweep, **kw) -> str:
+    return render_sbatch(
+        sweep_name=sweep.name,
+        source="tests/data/slurm/meta.yaml",
+        root="/shared/runs/slurm meta",
+        chains=[
+            ScriptChain("aaaaaaaaaaaa", "finetune on smoke, seed 0, -"),
+            ScriptChain("bbbbbbbbbbbb", "finetune on smoke, seed 1\n$(touch x)"),
+        ],
+        settings=sweep.slurm,
+        resources=sweep.resources,
+        python="/opt/venv with space/bin/python",
+        data_root="/data/$(whoami)",
+        version="0.1.0",
+        **kw,
+    )
+
+
+def test_sbatch_script_matches_golden_and_quotes_metacharacters(tmp_path):
+    sweep = load_sweep(DATA / "meta.yaml")
+    text = _script(sweep)
+    _golden("meta.sbatch", text)
+    # bash parses it, and running its value lines creates none of the 'pwned' files
+    script = tmp_path / "s.sbatch"
+    script.write_text(text)
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    flags = [ln for ln in text.splitlines() if ln.startswith("#SBATCH")]
+    for line in flags:  # every value is one shell word that evaluates to itself
+        key, _, value = line.removeprefix("#SBATCH --").partition("=")
+        if value:
+            words = shlex.split(value)
+            assert len(words) == 1, line
+            got = subprocess.run(
+                ["bash", "-c", f"printf %s {value}"], cwd=tmp_path, capture_output=True, text=True
+            ).stdout
+            assert got == words[0]
+    assert not list(tmp_path.glob("pwned*"))
+    assert "#SBATCH --account='lab$(touch pwned-account)'" in text
+    assert "#SBATCH --array=0-1%2" in text
+    assert "#SBATCH --signal=B:USR2@120" in text
+    assert "module load cuda/12.1" in text
+    # the chain label with a newline stays a comment
+    assert "seed 1 $(touch x)" in text and "\n$(touch x)" not in text
+
+
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("partition", "debug\n#SBATCH --wrap=evil", "control character"),
+        ("setup", ["module load x\nrm -rf /"], "control character"),
+        ("additional_parameters", {"array": "0-9"}, "set by clipcl"),
+        ("additional_parameters", {"time": 5}, "resources.timeout_min"),
+        ("additional_parameters", {"bad key!": 1}, "not an sbatch long option"),
+        ("additional_parameters", {"exclusive": False}, "false is not"),
+        ("chain_mode", "per_task", "whole"),
+        ("array_parallelism", 0, "greater than or equal to 1"),
+        ("surprise", 1, "surprise"),
+    ],
+)
+def test_bad_slurm_settings_are_clear_errors(field, value, needle):
+    with pytest.raises(ClipclError) as info:
+        validate(SlurmSettings, {field: value}, "sweep.yaml", "slurm.")
+    assert needle in str(info.value) and "sweep.yaml" in str(info.value)
+
+
+def test_sbatch_flags_and_args():
+    settings = SlurmSettings(partition="short", additional_parameters={"exclusive": True})
+    res = type("R", (), {"gpus": 0, "cpus": 2, "mem_gb": 0.5, "timeout_min": 5})()
+    flags = sbatch_flags(settings, res, "clipcl-x")
+    assert flags["mem"] == "512M" and flags["partition"] == "short" and flags["exclusive"] is True
+    assert "--exclusive" in flag_args(flags) and "--time=5" in flag_args(flags)
+
+
+class Recorder:
+    """A stand-in for Slurm's commands in unit tests: canned outputs, calls recorded."""
+
+    def __init__(self, outputs: dict[str, tuple[int, str]]):
+        self.outputs = outputs
+        self.calls: list[list[str]] = []
+
+    def __call__(self, args):
+        self.calls.append(list(args))
+        out = self.outputs.get(args[0], (0, ""))
+        rc, text = out(args) if callable(out) else out
+        return subprocess.CompletedProcess(args, rc, stdout=text, stderr=text if rc else "")
+
+
+def test_sacct_is_batched_and_array_ranges_expand():
+    ids = [f"{100 + i}" for i in range(950)] + ["7_0", "7_3", "7_9"]
+
+    def sacct(args):
+        asked = args[args.index("-j") + 1].split(",")
+        lines = [f"{j}|COMPLETED" for j in asked if not j.startswith("7_")]
+        if "7_0" in asked:
+            lines += ["7_0|RUNNING", "7_[1-4,9%2]|PENDING", "7_5|CANCELLED by 0"]
+        return 0, "\n".join(lines)
+
+    run = Recorder({"sacct": sacct})
+    states = sacct_states(ids, run, batch=400)
+    assert len(run.calls) == 3  # 953 ids → 3 calls, never one per job
+    assert states["7_0"] == "RUNNING" and states["7_3"] == "PENDING" and states["7_9"] == "PENDING"
+    assert states["100"] == "COMPLETED" and "7_5" not in states
+
+
+def test_job_states_fall_back_to_squeue_without_accounting():
+    run = Recorder(
+        {
+            "sacct": (1, "sacct: error: Slurm accounting storage is disabled"),
+            "squeue": (0, "5_0|RUNNING\n5_[1-2]|PENDING\n9|REQUEUED"),
+        }
+    )
+    got = job_states(["5_0", "5_1", "5_2", "9", "11"], run)
+    assert got == {"5_0": "running", "5_1": "queued", "5_2": "queued", "9": "queued", "11": "gone"}
+
+
+def test_preempted_is_not_a_failure_while_queued():
+    run = Recorder(
+        {"sacct": (0, "3|PREEMPTED\n4|PREEMPTED\n5|TIMEOUT"), "squeue": (0, "3|PENDING")}
+    )
+    assert job_states(["3", "4", "5"], run) == {"3": "queued", "4": "failed", "5": "failed"}
+
+
+def test_parse_time():
+    assert parse_time_min("UNLIMITED") is None
+    assert parse_time_min("00:10:00") == 10
+    assert parse_time_min("1-02:00:00") == 26 * 60
+    assert parse_time_min("30") == 30
+
+
+PARTITIONS = (
+    "PartitionName=debug Default=YES MaxTime=UNLIMITED State=UP\n"
+    "PartitionName=short MaxTime=00:10:00 State=UP\n"
+)
+
+
+def _cluster(test_only_rc=0):
+    def sinfo(args):
+        if "-N" in args:
+            return 0, "vm|2|20000|(null)"
+        return 0, "debug*\nshort"
+
+    return Recorder(
+        {
+            "scontrol": (0, PARTITIONS),
+            "sinfo": sinfo,
+            "sbatch": (test_only_rc, "sbatch: error: Invalid account or account/partition"),
+        }
+    )
+
+
+def _res(**kw):
+    base = {"gpus": 0, "cpus": 1, "mem_gb": 1, "timeout_min": 5}
+    return type("R", (), {**base, **kw})()
+
+
+@pytest.mark.parametrize(
+    "settings,res,needle",
+    [
+        ({"partition": "gpu"}, {}, "slurm.partition 'gpu' does not exist"),
+        ({"partition": "shrot"}, {}, "did you mean 'short'"),
+        ({"partition": "short"}, {"timeout_min": 60}, "at most 10 min"),
+        ({}, {"cpus": 64}, "has 2 CPUs"),
+        ({}, {"mem_gb": 100}, "GiB of memory"),
+        ({}, {"gpus": 1}, "has 0 GPUs"),
+        ({"signal_delay_s": 300}, {}, "signal_delay_s=300 must be below"),
+    ],
+)
+def test_preflight_refuses_impossible_requests(settings, res, needle):
+    with pytest.raises(ClipclError) as info:
+        preflight(SlurmSettings(**settings), _res(**res), "j", "s.yaml", runner=_cluster())
+    assert needle in str(info.value) and "s.yaml" in str(info.value)
+
+
+def test_preflight_reports_sbatch_verdict():
+    run = _cluster(test_only_rc=1)
+    with pytest.raises(ClipclError, match="refuses the job request: Invalid account"):
+        preflight(SlurmSettings(account="x"), _res(), "j", "s.yaml", runner=run)
+    assert [a for a in run.calls[-1] if a == "--test-only"] == ["--test-only"]
+    assert preflight(SlurmSettings(), _res(), "j", "s.yaml", runner=_cluster()) == "debug"
+
+
+def test_plan_groups_keep_array_indices_aligned():
+    pytest.importorskip("submitit")
+    from clipcl.slurm.submit import SlurmChain, plan_groups
+
+    chains = [
+        SlurmChain("a", Path("a"), 3, 0),
+        SlurmChain("b", Path("b"), 3, 1),
+        SlurmChain("c", Path("c"), 3, 0),
+        SlurmChain("d", Path("d"), 5, 0),
+        SlurmChain("e", Path("e"), 3, 0),
+    ]
+    groups = plan_groups(chains, max_array=2)
+    assert [[c.chain_id for c in g] for g in groups] == [["a", "c"], ["e"], ["d"], ["b"]]
+
+
+def _job(jid, state, first=0):
+    return {"job_id": jid, "state": state, "first_task": first, "chain_id": "c"}
+
+
+@pytest.mark.parametrize(
+    "jobs,done,want",
+    [
+        ([_job("1", "running")], 1, "running"),
+        ([_job("1", "done", 0), _job("2", "queued", 1)], 1, "queued"),
+        ([_job("1", "done", 0), _job("2", "failed", 1), _job("3", "cancelled", 2)], 1, "failed"),
+        ([_job("1", "cancelled")], 1, "cancelled"),
+        ([_job("1", "done")], 3, "done"),
+        ([_job("1", "done")], 2, "failed"),  # ended without finishing the chain
+        ([_job("1", "gone")], 0, "failed"),
+    ],
+)
+def test_chain_state_from_jobs(jobs, done, want):
+    assert chain_state(jobs, done, 3)[0] == want
+
+
+def test_backoff_grows_and_resets():
+    b = Backoff(base=2, factor=2, cap=10)
+    assert [b.next(False), b.next(False), b.next(False), b.next(True)] == [4, 8, 10, 2]
+
+
+def test_max_array_size_parsed():
+    run = Recorder({"scontrol": (0, "AccountingStorageType = x\nMaxArraySize            = 77\n")})
+    assert commands.max_array_size(run) == 77
+
+
+def test_store_of_schema_1_gains_the_jobs_table(tmp_path):
+    import sqlite3
+
+    from clipcl.results.store import ResultsStore
+
+    with ResultsStore(tmp_path) as store:
+        store.record_sweep("s", None, {}, [], provenance={})
+    conn = sqlite3.connect(tmp_path / "clipcl.sqlite")
+    conn.execute("DROP TABLE jobs")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with ResultsStore(tmp_path) as store:
+        assert [r["name"] for r in store.sweeps()] == ["s"]
+        assert store.jobs() == []
