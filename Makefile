@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench clean slurm-up
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,17 @@ demo: $(STAMP)
 	$(BIN)/clipcl submit sweeps/demo.yaml --backend local --jobs 2 --follow
 	$(BIN)/clipcl results sweeps/demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) slurm-up
 	$(BIN)/python -m pytest
+
+# A real single-node Slurm for the integration tests, when this user can start one (root); in CI
+# (CI=true) failing to start it fails the build.
+slurm-up:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  bash scripts/slurm-dev.sh up || [ "$$CI" != true ]; \
+	elif [ "$$CI" = true ] && ! command -v sinfo >/dev/null; then \
+	  echo "CI=true but Slurm cannot be started (not root)" >&2; exit 1; \
+	fi
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"

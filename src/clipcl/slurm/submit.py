@@ -68,6 +68,7 @@ def defer_requeue_to_deadline(delay_s: float) -> None:
             signal.signal(signal.SIGALRM, lambda *_: original(signum, None))
             signal.setitimer(signal.ITIMER_REAL, wait)
         else:
+            print(f"USR2 with {remaining:.0f} s left: requeueing now", file=sys.stderr)
             original(signum, frame)
 
     signal.signal(signal.SIGUSR2, on_usr2)
