@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
+import zipfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import open_clip
 import torch
@@ -164,6 +166,34 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (OpenAI's released CLIP ``.pt`` files are)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n or n.endswith("constants.pkl") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _load_weights(clip: Any, path: Path) -> None:
+    """Load a state-dict checkpoint (open_clip / OpenAI state dict, ``.safetensors``; read with
+    ``weights_only=True``) or an OpenAI TorchScript archive (read with ``torch.jit.load``, which
+    unpickles no Python objects) into ``clip``."""
+    if not is_torchscript(path):
+        open_clip.load_checkpoint(clip, str(path), weights_only=True)
+        return
+    # TorchScript: take only its tensors, then load them like any state dict.
+    scripted = torch.jit.load(str(path), map_location="cpu")
+    wanted = clip.state_dict().keys()
+    # Buffers a script module also saves (attn_mask, input_resolution, context_length, ...) are
+    # not weights; a real mismatch still fails the strict load below (missing keys).
+    state = {k: v.detach().clone() for k, v in scripted.state_dict().items() if k in wanted}
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / "state_dict.pt"
+        torch.save(state, plain)
+        open_clip.load_checkpoint(clip, str(plain), weights_only=True)
+
+
 def build_model(config: ModelConfig, device: torch.device | None = None) -> ClipModel:
     """Build the CLIP described by ``config`` on ``device`` (fp32 master weights)."""
     name = resolve_arch(config.arch)
@@ -174,7 +204,7 @@ def build_model(config: ModelConfig, device: torch.device | None = None) -> Clip
     clip = open_clip.create_model(name, pretrained=None, device="cpu")
     if weights is not None:
         try:
-            open_clip.load_checkpoint(clip, str(weights), weights_only=True)
+            _load_weights(clip, weights)
         except Exception as exc:  # a wrong or damaged file: say which
             raise ClipclError(
                 f"could not load pretrained weights for '{name}' from {weights}: "
