@@ -1,6 +1,7 @@
 """Datasets and benchmarks: the Task/Benchmark contract and the registered benchmarks."""
 
 from clipcl.data import mini as _mini  # noqa: F401  (registers mini-mtil, mini-cil)
+from clipcl.data import real as _real  # noqa: F401  (registers mtil, cifar100-b0inc10, ...)
 from clipcl.data import smoke as _smoke  # noqa: F401  (registers 'smoke')
 from clipcl.data.task import (
     Benchmark,

@@ -1,0 +1,42 @@
+"""Writers of tiny datasets in their real on-disk formats (used by the loader tests)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def rng_image(seed: int, size: tuple[int, int] = (40, 30), mode: str = "RGB") -> Image.Image:
+    """A small random image (deterministic from ``seed``)."""
+    rng = np.random.default_rng(seed)
+    channels = 3 if mode == "RGB" else 1
+    arr = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    return Image.fromarray(arr.squeeze(-1) if channels == 1 else arr, mode)
+
+
+def write_jpeg(path: Path, seed: int, size: tuple[int, int] = (40, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng_image(seed, size).save(path, format="JPEG")
+    return path
+
+
+def write_cifar100(root: Path, n_train: int = 6, n_test: int = 4) -> Path:
+    """``root/cifar-100-python/{meta,train,test}`` with labels i % 100 and 100 class names."""
+    d = root / "cifar-100-python"
+    d.mkdir(parents=True, exist_ok=True)
+    names = [f"class_{i:02d}" for i in range(100)]
+    with open(d / "meta", "wb") as fh:
+        pickle.dump({"fine_label_names": names, "coarse_label_names": ["c"] * 20}, fh)
+    for part, n, off in (("train", n_train, 0), ("test", n_test, 50)):
+        rng = np.random.default_rng(off)
+        batch = {
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "fine_labels": [(i + off) % 100 for i in range(n)],
+            "coarse_labels": [0] * n,
+        }
+        with open(d / part, "wb") as fh:
+            pickle.dump(batch, fh)
+    return d

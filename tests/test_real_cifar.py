@@ -1,0 +1,58 @@
+"""CIFAR loaders on tiny pickles written in the real format."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from clipcl.data.real import IMAGE_SIZE, get_dataset, split_80_20
+from tests.real.fixtures import write_cifar100
+
+
+def test_cifar100_loads_names_splits_and_labels(tmp_path):
+    d = write_cifar100(tmp_path, n_train=6, n_test=4)
+    splits = get_dataset("CIFAR100").load(tmp_path)
+    assert len(splits.class_names) == 100 and splits.class_names[3] == "class 03"
+    assert (len(splits.train), len(splits.test)) == (6, 4)
+    image, label = splits.train[2]
+    assert image.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and str(image.dtype) == "torch.uint8"
+    assert label == 2 and splits.test[1][1] == 51
+    # the pixels are the pickle's (32×32 upscaled: the mean colour survives)
+    with open(d / "train", "rb") as fh:
+        raw = pickle.load(fh, encoding="latin1")["data"][2]
+    want = raw.reshape(3, 32, 32).astype(float).mean(axis=(1, 2))
+    assert np.allclose(image.float().mean(dim=(1, 2)).numpy(), want, atol=3)
+
+
+def test_cifar100_check_reports_missing_and_malformed(tmp_path):
+    ds = get_dataset("CIFAR100")
+    check = ds.check(tmp_path)
+    assert check.status == "missing"
+    d = tmp_path / "cifar-100-python"
+    assert check.missing == [str(d / f) for f in ("meta", "train", "test")]
+    d = write_cifar100(tmp_path)
+    assert ds.check(tmp_path).status == "present"
+    (d / "test").write_bytes(b"not a pickle")
+    check = ds.check(tmp_path)
+    assert check.status == "malformed" and "test" in check.problems[0]
+
+
+def test_split_80_20_is_deterministic_and_disjoint():
+    a, b = split_80_20(101)
+    assert split_80_20(101) == (a, b) and len(a) == 80 and len(b) == 21
+    # the membership of torch.utils.data.random_split with a seed-42 generator (ZSCL's split)
+    import torch
+
+    ref = torch.utils.data.random_split(
+        range(101), [80, 21], generator=torch.Generator().manual_seed(42)
+    )
+    assert (sorted(ref[0].indices), sorted(ref[1].indices)) == (a, b)
+    assert not set(a) & set(b) and sorted(a + b) == list(range(101))
+    assert split_80_20(101, seed=1) != (a, b)
+
+
+def test_unknown_dataset_is_a_clear_error():
+    with pytest.raises(Exception, match="unknown dataset 'CIFAR1000'.*did you mean"):
+        get_dataset("CIFAR1000")
