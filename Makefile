@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/results_table.py
 	$(BIN)/python bench/orchestrator.py
+	$(BIN)/python bench/dataloader.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -24,12 +24,14 @@ def sbatch(
 ) -> None:
     """Write an sbatch array script (element i runs chain i); its results land in the store."""
     import clipcl
-    from clipcl.cli.sweep import _load, _records
+    from clipcl.cli.sweep import _data_root, _load, _records, preflight_data
     from clipcl.results.store import ResultsStore
     from clipcl.slurm import commands
     from clipcl.slurm.dispatch import write_sbatch_scripts
 
     sweep, entries, root = _load(sweep_file, root)
+    data_root = _data_root(sweep, data_root)
+    preflight_data(sweep, data_root, refuse=True)
     if max_array is None:
         try:
             max_array = commands.max_array_size()

@@ -34,6 +34,43 @@ def _load(sweep_file: Path, root: Path | None):
     return sweep, entries, (root or Path(sweep.root))
 
 
+def _data_root(sweep, flag: str | None) -> str | None:
+    """The data root of a submission: ``--data-root``, else the sweep's, else the environment."""
+    import os
+
+    from clipcl.data.real.benchmarks import DATA_ROOT_ENV
+
+    root = flag or sweep.data_root or os.environ.get(DATA_ROOT_ENV)
+    return str(Path(root).expanduser().resolve()) if root else None
+
+
+def preflight_data(sweep, data_root: str | None, *, refuse: bool) -> bool:
+    """Check the datasets the sweep's benchmarks read; print what is wrong.
+
+    ``refuse``: raise ``ClipclError`` (nothing is submitted) when anything is missing.
+    Returns whether everything is present.
+    """
+    from clipcl.cli.data import report_checks
+    from clipcl.data.real import get_dataset
+    from clipcl.data.real.benchmarks import BENCHMARK_DATASETS, resolve_data_root
+
+    needed = sorted({d for b in sweep.benchmarks for d in BENCHMARK_DATASETS.get(b, ())})
+    if not needed:
+        return True
+    real = [b for b in sweep.benchmarks if b in BENCHMARK_DATASETS]
+    if data_root is None and not refuse:
+        out.print(f"datasets not checked ({', '.join(needed)}): no --data-root given")
+        return False
+    root = resolve_data_root(data_root, real[0])
+    ok = report_checks([get_dataset(n).check(root) for n in needed], root)
+    if not ok and refuse:
+        raise ClipclError(
+            f"datasets missing under {root} (listed above): nothing was submitted; "
+            f"`clipcl data check --root {root}` shows the same list"
+        )
+    return ok
+
+
 def _records(entries) -> list:
     from clipcl.data import benchmark_info
     from clipcl.results.store import ChainRecord
@@ -85,11 +122,14 @@ def plan(
     sweep_file: Path = typer.Argument(..., help="Sweep file (YAML)."),
     root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
     limit: int = typer.Option(200, "--limit", help="Show at most this many chains."),
+    data_root: str | None = typer.Option(None, "--data-root", help="Root of local datasets."),
 ) -> None:
     """Show the chains of a sweep with their state and the work left; runs nothing."""
     from clipcl.data import benchmark_info
 
     sweep, entries, root = _load(sweep_file, root)
+    if not preflight_data(sweep, _data_root(sweep, data_root), refuse=False):
+        out.print("[red]submit would be refused: datasets are missing (above)[/]")
     stored = _store_states(root)
     table = Table(title=f"sweep {sweep.name}: {len(entries)} chains (root {root})")
     for col in ("chain", "method", "benchmark", "seed", "settings", "tasks", "state"):
@@ -164,6 +204,8 @@ def submit(
             f"{', '.join(BACKENDS)}"
         )
     sweep, entries, root = _load(sweep_file, root)
+    data_root = _data_root(sweep, data_root)
+    preflight_data(sweep, data_root, refuse=True)
     with ResultsStore(root) as store:
         store.record_sweep(
             sweep.name, str(sweep_file), sweep.model_dump(mode="json"), _records(entries)

@@ -40,6 +40,9 @@ class SweepFile(BaseModel):
 
     name: str = Field(description="Sweep name (letters, digits, '.', '_', '-').")
     root: str = Field("runs", description="Run root (relative paths: to the working directory).")
+    data_root: str | None = Field(
+        None, description="Root of the local datasets (default: --data-root or $CLIPCL_DATA_ROOT)."
+    )
     model: dict[str, Any] = Field(
         default_factory=lambda: {"arch": "tiny"}, description="arch and pretrained."
     )
