@@ -60,3 +60,45 @@ def test_wrong_or_damaged_file_names_it(tmp_path: Path) -> None:
     torch.save({"visual.nothing": torch.zeros(1)}, other)
     with pytest.raises(ClipclError, match=r"other\.pt"):
         build_model(ModelConfig(arch="tiny", pretrained=str(other)))
+
+
+def _activations(model) -> set[str]:
+    return {type(m).__name__ for m in model.clip.modules() if "GELU" in type(m).__name__}
+
+
+def test_openai_weights_get_quick_gelu(tmp_path: Path) -> None:
+    """OpenAI's CLIPs were trained with QuickGELU: a TorchScript archive switches it on."""
+    source = _source(8)
+    path = tmp_path / "ViT-tiny.pt"
+    torch.jit.save(torch.jit.script(source), str(path))
+    jit = build_model(ModelConfig(arch="tiny", pretrained=str(path)), torch.device("cpu"))
+    assert _activations(jit) == {"QuickGELU"}
+    plain_path = tmp_path / "state.pt"
+    torch.save(source.state_dict(), plain_path)
+    plain = build_model(ModelConfig(arch="tiny", pretrained=str(plain_path)), torch.device("cpu"))
+    assert _activations(plain) == {"GELU"}
+
+
+def _fake_hf_cache(cache: Path, repo: str, filename: str) -> Path:
+    """The layout huggingface_hub leaves: models--org--name/{refs/main, snapshots/REV/FILE}."""
+    base = cache / ("models--" + repo.replace("/", "--"))
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text("0123abcd")
+    target = base / "snapshots" / "0123abcd" / filename
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"weights")
+    return target
+
+
+def test_cached_tag_and_name_tag_resolve_offline(tmp_path: Path) -> None:
+    from clipcl.models.factory import resolve_pretrained, uses_quick_gelu
+
+    hub = open_clip.get_pretrained_cfg("ViT-B-16", "openai")["hf_hub"].strip("/")
+    target = _fake_hf_cache(tmp_path, hub, "open_clip_pytorch_model.bin")
+    assert resolve_pretrained("ViT-B-16", "openai", cache_dir=str(tmp_path)) == target
+    assert resolve_pretrained("ViT-B-16", "ViT-B-16/openai", cache_dir=str(tmp_path)) == target
+    assert uses_quick_gelu("ViT-B-16", "ViT-B-16/openai", target)
+    with pytest.raises(ClipclError, match="names the model 'ViT-B-32'"):
+        resolve_pretrained("ViT-B-16", "ViT-B-32/openai", cache_dir=str(tmp_path))
+    with pytest.raises(ClipclError, match="not in the local cache.*nothing is downloaded"):
+        resolve_pretrained("ViT-B-16", "laion2b_s34b_b88k", cache_dir=str(tmp_path))

@@ -130,10 +130,41 @@ def resolve_pretrained(
     path = Path(pretrained).expanduser()
     if path.is_file():
         return path
+    named = _name_tag(arch, pretrained)
+    if named is not None:
+        return _cached_tag_file(arch, named, cache_dir)
     looks_like_path = os.sep in pretrained or path.suffix in {".pt", ".pth", ".bin", ".safetensors"}
     if looks_like_path:
         raise ClipclError(f"pretrained checkpoint not found: {path} (no such file)")
     return _cached_tag_file(arch, pretrained, cache_dir)
+
+
+def _name_tag(arch: str, pretrained: str) -> str | None:
+    """The tag of an open_clip ``name/tag`` value (e.g. ``ViT-B-16/openai``) naming ``arch``;
+    ``None`` when ``pretrained`` is not of that form."""
+    name, sep, tag = pretrained.partition("/")
+    if not sep or "/" in tag or name not in open_clip.list_models():
+        return None
+    if resolve_arch(name) != arch:
+        raise ClipclError(
+            f"pretrained '{pretrained}' names the model '{name}', but the model is '{arch}'"
+        )
+    return tag
+
+
+def uses_quick_gelu(arch: str, pretrained: str | None, weights: Path | None) -> bool:
+    """Whether the weights were trained with QuickGELU (OpenAI's CLIPs were): an OpenAI
+    TorchScript archive, or an open_clip tag whose config says so. A plain state-dict file of
+    OpenAI weights needs the ``-quickgelu`` architecture (e.g. ``ViT-B-16-quickgelu``)."""
+    if weights is None or arch.endswith("-quickgelu"):
+        return False
+    if is_torchscript(weights):
+        return True
+    tag = None
+    if pretrained and not Path(pretrained).expanduser().is_file():
+        tag = _name_tag(arch, pretrained) or pretrained
+    cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
+    return bool(cfg.get("quick_gelu", False))
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -201,7 +232,8 @@ def build_model(config: ModelConfig, device: torch.device | None = None) -> Clip
     device = device or pick_device()
     # open_clip warns about random init at WARNING level; we decide that explicitly.
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
-    clip = open_clip.create_model(name, pretrained=None, device="cpu")
+    quick_gelu = uses_quick_gelu(name, config.pretrained, weights)
+    clip = open_clip.create_model(name, pretrained=None, device="cpu", force_quick_gelu=quick_gelu)
     if weights is not None:
         try:
             _load_weights(clip, weights)
