@@ -56,3 +56,19 @@ def test_split_80_20_is_deterministic_and_disjoint():
 def test_unknown_dataset_is_a_clear_error():
     with pytest.raises(Exception, match="unknown dataset 'CIFAR1000'.*did you mean"):
         get_dataset("CIFAR1000")
+
+
+def test_cifar10_loads_five_training_batches_in_order(tmp_path):
+    from tests.real.fixtures import write_cifar10
+
+    write_cifar10(tmp_path, per_batch=3, n_test=4)
+    splits = get_dataset("CIFAR10").load(tmp_path)
+    assert splits.class_names[1] == "automobile" and len(splits.class_names) == 10
+    assert (len(splits.train), len(splits.test)) == (15, 4)
+    # batch k's labels are (i + k) % 10: batch 1 first, batch 5 last
+    assert [splits.train[i][1] for i in (0, 3, 14)] == [1, 2, 7]
+    assert splits.test[0][0].shape == (3, IMAGE_SIZE, IMAGE_SIZE)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    check = get_dataset("CIFAR10").check(tmp_path)
+    assert check.status == "missing"
+    assert check.missing == [str(tmp_path / "cifar-10-batches-py" / "data_batch_3")]

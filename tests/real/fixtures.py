@@ -40,3 +40,33 @@ def write_cifar100(root: Path, n_train: int = 6, n_test: int = 4) -> Path:
         with open(d / part, "wb") as fh:
             pickle.dump(batch, fh)
     return d
+
+
+def write_cifar10(root: Path, per_batch: int = 3, n_test: int = 4) -> Path:
+    """``root/cifar-10-batches-py`` with batches.meta, data_batch_1..5 and test_batch."""
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True, exist_ok=True)
+    names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
+    with open(d / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": names, "num_cases_per_batch": per_batch}, fh)
+    parts = [(f"data_batch_{i}", per_batch, i) for i in range(1, 6)] + [("test_batch", n_test, 9)]
+    for name, n, off in parts:
+        rng = np.random.default_rng(off)
+        batch = {
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "labels": [(i + off) % 10 for i in range(n)],
+        }
+        with open(d / name, "wb") as fh:
+            pickle.dump(batch, fh)
+    return d
