@@ -55,6 +55,21 @@ def smoke_spec(seed: int = 0, iterations: int = 10) -> ChainSpec:
     )
 
 
+def direct_matrix(spec: ChainSpec, run_dir) -> list:
+    """The reference for backend tests: ``run_chain`` in this process with the one thread a
+    job gets."""
+    import torch
+
+    from clipcl.workers import run_chain
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_chain(spec, run_dir).to_json()["matrix"]
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def spec_factory():
     return tiny_spec

@@ -8,10 +8,8 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 
 from clipcl.orchestrator import (
     ChainCancelled,
@@ -24,8 +22,7 @@ from clipcl.orchestrator import (
     run_jobs,
 )
 from clipcl.results.records import ChainRecords
-from clipcl.workers import ChainSpec, run_chain
-from tests.conftest import smoke_spec
+from tests.conftest import direct_matrix, smoke_spec
 
 ray = pytest.importorskip("ray")
 
@@ -47,16 +44,6 @@ def local_ray() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
-
-
-def direct_matrix(spec: ChainSpec, run_dir: Path) -> list[Any]:
-    """The reference: ``run_chain`` in this process with the one thread a job gets."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return run_chain(spec, run_dir).to_json()["matrix"]
-    finally:
-        torch.set_num_threads(before)
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:

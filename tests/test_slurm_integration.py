@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 
 from clipcl.results.records import ChainRecords
@@ -28,8 +27,8 @@ from clipcl.slurm import commands
 from clipcl.slurm.dispatch import submit_sweep
 from clipcl.slurm.track import wait
 from clipcl.sweeps import expand, load_sweep
-from clipcl.workers import run_chain
 from clipcl.workers.chain import chain_locked
+from tests.conftest import direct_matrix
 
 pytestmark = pytest.mark.slurm
 
@@ -88,16 +87,6 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise AssertionError(f"clipcl {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
-
-
-def direct_matrix(spec: Any, run_dir: Path) -> list[Any]:
-    """The reference: ``run_chain`` in this process with the one thread a job gets."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return run_chain(spec, run_dir).to_json()["matrix"]
-    finally:
-        torch.set_num_threads(before)
 
 
 def chain_matrix(root: Path, entry: Any) -> list[Any]:
