@@ -1,7 +1,11 @@
 """Continual-learning methods: the Method contract, the registry, one file per method."""
 
 from clipcl.methods import finetune as _finetune  # noqa: F401  (registers)
+from clipcl.methods import icarl as _icarl  # noqa: F401  (registers)
+from clipcl.methods import lora as _lora  # noqa: F401  (registers)
+from clipcl.methods import wiseft as _wiseft  # noqa: F401  (registers wise-ft)
 from clipcl.methods import zeroshot as _zeroshot  # noqa: F401  (registers)
+from clipcl.methods import zscl as _zscl  # noqa: F401  (registers zscl, lwf, l2, we)
 from clipcl.methods.base import Method, MethodConfig, StepOutputs, TaskContext
 from clipcl.methods.registry import (
     create_method,

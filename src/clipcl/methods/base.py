@@ -42,6 +42,7 @@ class TaskContext:
     index: int
     task: Task
     benchmark: Benchmark
+    data_root: str | None = None  # the chain's data root (relative method paths resolve here)
 
 
 @dataclass

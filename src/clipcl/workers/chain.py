@@ -243,7 +243,9 @@ def run_chain(
     method = create_method(spec.method_name, {k: v for k, v in spec.method.items() if k != "name"})
     _prepare_run_dir(spec, records)  # only once inputs are known good: bad input writes nothing
     with chain_lock(records.run_dir, spec.chain_id):
-        return _run_locked(spec, records, benchmark, model, method, dev, progress, until_task)
+        return _run_locked(
+            spec, records, benchmark, model, method, dev, progress, until_task, data_root
+        )
 
 
 def _run_locked(
@@ -255,6 +257,7 @@ def _run_locked(
     dev: torch.device,
     progress: ChainProgress,
     until_task: int | None = None,
+    data_root: str | None = None,
 ) -> ChainResult:
     progress.message(
         f"chain {spec.chain_id}: {spec.method_name} on {spec.benchmark} "
@@ -291,7 +294,7 @@ def _run_locked(
     trained_now = []
     for k in range(start, stop):
         task = benchmark.tasks[k]
-        ctx = TaskContext(index=k, task=task, benchmark=benchmark)
+        ctx = TaskContext(index=k, task=task, benchmark=benchmark, data_root=data_root)
         derived = seed_everything(spec.seed, k)
         loader = make_loader(
             task.train,
