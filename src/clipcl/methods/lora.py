@@ -1,0 +1,101 @@
+"""``lora``: low-rank adapters on CLIP's attention out-projections and MLPs, nothing else trains.
+
+The baseline of the ZSCL-derived framework (METHODS.md §4): rank 8, alpha 16 on every
+transformer block's ``attn.out_proj``, ``mlp.c_fc`` and ``mlp.c_proj`` in both towers. One set
+of adapters is trained continually across all tasks; with ``merge_after_task`` the adapters are
+folded into the base weights after each task and fresh ones (``B = 0``) start the next task.
+The layers and their arithmetic are in ``clipcl.models.lora``; the adapters live inside the
+model, so checkpoints hold them and a resumed chain needs no method state.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from clipcl.errors import ClipclError
+from clipcl.methods.base import Method, MethodConfig, TaskContext
+from clipcl.methods.registry import register_method
+from clipcl.models import ClipModel
+from clipcl.models.lora import LoRA, add_lora, lora_modules, merge_lora
+
+LoRATarget = Literal["attn.out_proj", "mlp.c_fc", "mlp.c_proj"]
+DEFAULT_TARGETS: tuple[LoRATarget, ...] = ("attn.out_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+class LoRAConfig(MethodConfig):
+    rank: int = Field(8, ge=1, description="Rank r of each adapter.")
+    alpha: float = Field(16.0, gt=0, description="Scale numerator: ΔW = (alpha / r) · B A.")
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Dropout on the LoRA input path (MLP layers; attn.out_proj has none).",
+    )
+    targets: tuple[LoRATarget, ...] = Field(
+        DEFAULT_TARGETS, min_length=1, description="Block layers that get an adapter."
+    )
+    towers: Literal["image", "text", "both"] = Field(
+        "both", description="Which towers' blocks are adapted."
+    )
+    merge_after_task: bool = Field(
+        False, description="Fold the adapters into W after each task and start fresh ones."
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _unique(cls, targets: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"targets listed twice: {sorted(targets)}")
+        return targets
+
+
+def _tower(name: str) -> str:
+    """Tower of a module named within ``ClipModel.clip`` (as ``named_tower_parameters`` does)."""
+    return "image" if name.startswith("visual.") else "text"
+
+
+@register_method
+class LoRAMethod(Method):
+    """Continually trained low-rank adapters; the pretrained weights stay frozen."""
+
+    name = "lora"
+    Config = LoRAConfig
+    config: LoRAConfig
+
+    def setup(self, model: ClipModel) -> None:
+        super().setup(model)
+        cfg = self.config
+        towers = {"image", "text"} if cfg.towers == "both" else {cfg.towers}
+        layers = {
+            n: m for n, m in lora_modules(model.clip, cfg.targets).items() if _tower(n) in towers
+        }
+        for target in cfg.targets:
+            if not any(n.endswith("." + target) for n in layers):
+                raise ClipclError(
+                    f"LoRA target '{target}' matches no layer of the {cfg.towers} tower(s) "
+                    f"of model {model.arch}"
+                )
+        self.adapters: dict[str, LoRA] = add_lora(
+            model.clip, layers, cfg.rank, cfg.alpha, cfg.dropout
+        )
+        self._freeze_base()
+
+    def _freeze_base(self) -> None:
+        assert self.model is not None
+        self.model.requires_grad_(False)
+        for lora in self.adapters.values():
+            lora.requires_grad_(True)
+
+    def num_trainable(self) -> int:
+        """Number of LoRA parameters: ``Σ r · (in + out)`` over the adapted layers."""
+        return sum(p.numel() for lora in self.adapters.values() for p in lora.parameters())
+
+    def before_task(self, ctx: TaskContext) -> None:
+        self._freeze_base()
+
+    def after_task(self, ctx: TaskContext, loader) -> None:
+        if self.config.merge_after_task:
+            assert self.model is not None
+            merge_lora(self.model.clip, self.adapters)

@@ -1,0 +1,59 @@
+"""``wise-ft``: continual fine-tuning followed, after each task, by weight-space interpolation
+(Wortsman et al., CVPR 2022) with the weights the task started from (METHODS.md §4)::
+
+    θ_t = α · θ_ft + (1 − α) · θ_{t−1}          α = 0.8
+
+``θ_{t−1}`` is the model at the start of task t (the pretrained weights for task 0); ``θ_t`` is
+what is saved, evaluated and carried on. Only the parameters trained in the task are
+interpolated (the others have ``θ_ft = θ_{t−1}``). ``θ_{t−1}`` is copied to CPU in
+``before_task`` from the live model, which after a resume is the checkpoint's ``θ_{t−1}``, so no
+method state is needed. Training itself is ``finetune``'s (same train modes).
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch.utils.data import DataLoader
+
+from clipcl.methods.base import TaskContext
+from clipcl.methods.finetune import Finetune, FinetuneConfig
+from clipcl.methods.registry import register_method
+
+
+class WiSEFTConfig(FinetuneConfig):
+    alpha: float = Field(
+        0.8, ge=0, le=1, description="Weight of the fine-tuned model (1: plain finetune)."
+    )
+
+
+def interpolate(alpha: float, finetuned: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """``α · θ_ft + (1 − α) · θ_{t−1}`` (element-wise, in ``finetuned``'s dtype)."""
+    return alpha * finetuned + (1 - alpha) * previous
+
+
+@register_method
+class WiSEFT(Finetune):
+    """Finetune, then interpolate with the task's starting weights."""
+
+    name = "wise-ft"
+    Config = WiSEFTConfig
+    config: WiSEFTConfig
+
+    def before_task(self, ctx: TaskContext) -> None:
+        super().before_task(ctx)  # chooses the trainable parameters (and adds a head)
+        assert self.model is not None
+        self._previous: dict[str, torch.Tensor] = {
+            name: p.detach().to("cpu", copy=True)
+            for name, p in self.model.named_parameters()
+            if p.requires_grad
+        }  # θ_{t−1}, on CPU
+
+    @torch.no_grad()
+    def after_task(self, ctx: TaskContext, loader: DataLoader) -> None:
+        assert self.model is not None
+        params = dict(self.model.named_parameters())
+        for name, prev in self._previous.items():
+            p = params[name]
+            p.copy_(interpolate(self.config.alpha, p, prev.to(p.device)))
+        self._previous = {}

@@ -1,0 +1,239 @@
+"""``lora``: identity at init, only adapters train, parameter count, out_proj really adapted,
+merging, a chain on ``smoke`` with resume, strict config."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from clipcl.data import get_benchmark
+from clipcl.errors import ClipclError
+from clipcl.methods import TaskContext, create_method
+from clipcl.methods.lora import LoRAMethod
+from clipcl.models import ClipModel, build_model, load_checkpoint
+from clipcl.results.records import ChainRecords
+from clipcl.workers import run_chain
+from clipcl.workers.chain import seed_everything
+from clipcl.workers.train import make_loader, train_task
+from tests.conftest import tiny_spec
+
+# The tiny CLIP (models/configs/clipcl-tiny.json): blocks × width per tower, MLP ratio 4.
+TOWERS = {"image": (3, 96), "text": (2, 64)}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: the tiny model gains nothing from more, and on a shared CPU
+    oversubscribed threads make these tests many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model(seed: int = 0) -> ClipModel:
+    torch.manual_seed(seed)
+    model = build_model(tiny_spec().model, torch.device("cpu"))
+    model.eval()
+    return model
+
+
+def _lora(model: ClipModel, **cfg) -> LoRAMethod:
+    method = create_method("lora", cfg)
+    assert isinstance(method, LoRAMethod)
+    method.setup(model)
+    return method
+
+
+def _features(model: ClipModel) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=g)
+    with torch.no_grad():
+        img = model.encode_image(model.preprocess(images))  # (6, D)
+        txt = model.encode_text(model.tokenize(["a red square", "a photo of a blue circle"]))
+    return img, txt
+
+
+def _ctx(index: int = 0) -> TaskContext:
+    bench = get_benchmark("smoke")
+    return TaskContext(index=index, task=bench.tasks[index], benchmark=bench)
+
+
+def _perturb(method: LoRAMethod) -> None:
+    """Give every adapter a non-zero B, as training would."""
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for lora in method.adapters.values():
+            lora.lora_B.copy_(0.05 * torch.randn(lora.lora_B.shape, generator=g))
+
+
+def test_adapted_model_is_bit_identical_at_init() -> None:
+    plain = _model()
+    adapted = copy.deepcopy(plain)
+    method = _lora(adapted, dropout=0.1)
+    # LoRA freezes the base weights. Freezing alone moves the masked (text) attention by ~1 ulp
+    # on CPU (torch picks another kernel when in_proj_weight needs no grad), so compare with the
+    # plain model frozen the same way.
+    plain.requires_grad_(False)
+    assert len(method.adapters) == 3 * 3 + 2 * 3
+    for a, b in zip(_features(plain), _features(adapted), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_training_changes_only_lora_parameters_and_the_features() -> None:
+    model = _model()
+    method = _lora(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    feats = _features(model)
+    spec = tiny_spec("lora", iterations=4)
+    ctx = _ctx()
+    method.before_task(ctx)
+    loader = make_loader(ctx.task.train, 32, shuffle=True, seed=0, num_workers=0, pin_memory=False)
+    train_task(model, method, ctx, spec.train, loader)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    lora_keys = {k for k in before if ".lora_" in k}
+    assert changed and changed <= lora_keys
+    # Every B moved off zero (A may or may not have, depending on its gradient through B = 0).
+    assert {k for k in lora_keys if k.endswith("lora_B")} <= changed
+    for a, b in zip(feats, _features(model), strict=True):
+        assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize(
+    ("towers", "targets", "rank"),
+    [
+        ("both", ("attn.out_proj", "mlp.c_fc", "mlp.c_proj"), 8),
+        ("image", ("attn.out_proj",), 4),
+        ("text", ("mlp.c_fc", "mlp.c_proj"), 2),
+    ],
+)
+def test_trainable_parameter_count_matches_formula(towers, targets, rank) -> None:
+    model = _model()
+    method = _lora(model, rank=rank, targets=list(targets), towers=towers)
+    method.before_task(_ctx())
+    # r · (in + out) per adapted layer: out_proj w×w, c_fc w→4w, c_proj 4w→w.
+    per_width = {"attn.out_proj": 2, "mlp.c_fc": 5, "mlp.c_proj": 5}
+    expected = sum(
+        blocks * rank * per_width[t] * width
+        for tower, (blocks, width) in TOWERS.items()
+        if towers in (tower, "both")
+        for t in targets
+    )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == expected == method.num_trainable()
+
+
+@pytest.mark.parametrize("target", ["attn.out_proj", "mlp.c_fc", "mlp.c_proj"])
+def test_each_target_delta_changes_the_output(target: str) -> None:
+    model = _model()
+    feats = _features(model)
+    method = _lora(model, targets=[target])
+    _perturb(method)
+    image, text = _features(model)
+    assert not torch.allclose(image, feats[0]) and not torch.allclose(text, feats[1])
+    if target == "attn.out_proj":  # the effective weight MHA reads is W + (alpha/r)·B A
+        name, lora = next(iter(method.adapters.items()))
+        layer = model.clip.get_submodule(name)
+        base = layer.parametrizations.weight.original
+        torch.testing.assert_close(layer.weight, base + 2.0 * lora.lora_B @ lora.lora_A)
+
+
+def test_out_proj_delta_alone_matches_editing_the_weight() -> None:
+    """The parametrization computes exactly what a model with ``W + ΔW`` written in computes."""
+    model = _model()
+    edited = copy.deepcopy(model)
+    method = _lora(model, targets=["attn.out_proj"], towers="image")
+    _perturb(method)
+    with torch.no_grad():
+        for name, lora in method.adapters.items():
+            edited.clip.get_submodule(name).weight.add_(lora.delta_weight())
+    assert torch.equal(_features(model)[0], _features(edited)[0])
+
+
+def test_merge_after_task_keeps_outputs_and_starts_fresh_adapters() -> None:
+    model = _model()
+    method = _lora(model, merge_after_task=True)
+    _perturb(method)
+    feats = _features(model)
+    old_a = {n: lora.lora_A.clone() for n, lora in method.adapters.items()}
+    method.after_task(_ctx(), loader=None)  # type: ignore[arg-type]
+    for lora in method.adapters.values():
+        assert not lora.lora_B.any()  # fresh: ΔW = 0 again
+    assert all(not torch.equal(old_a[n], lora.lora_A) for n, lora in method.adapters.items())
+    for a, b in zip(feats, _features(model), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_merge_is_bit_exact_for_parametrized_layers() -> None:
+    model = _model()
+    method = _lora(model, targets=["attn.out_proj"], merge_after_task=True)
+    _perturb(method)
+    feats = _features(model)
+    method.after_task(_ctx(), loader=None)  # type: ignore[arg-type]
+    for a, b in zip(feats, _features(model), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_without_merge_after_task_changes_nothing() -> None:
+    model = _model()
+    method = _lora(model)
+    _perturb(method)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    method.after_task(_ctx(), loader=None)  # type: ignore[arg-type]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_chain_resumed_after_one_task_gives_the_same_matrix(tmp_path: Path, merge: bool) -> None:
+    spec = tiny_spec("lora", merge_after_task=merge)
+    full = run_chain(spec, tmp_path / "full", until_task=2)  # two tasks suffice to resume once
+    rows = full.matrix[:2]
+    assert not np.isnan(rows).any()
+    assert not np.allclose(rows, full.zeroshot[None, :])  # the adapters learned something
+    ckpt = ChainRecords(tmp_path / "full").checkpoint_path(1)
+    state = load_checkpoint(ckpt, None)["model"]
+    assert any(k.endswith("lora_A") for k in state) and any(k.endswith("lora_B") for k in state)
+
+    first = run_chain(spec, tmp_path / "resumed", until_task=1)
+    assert first.trained_now == [0]
+    resumed = run_chain(spec, tmp_path / "resumed", until_task=2)
+    assert resumed.trained_now == [1]
+    np.testing.assert_array_equal(resumed.matrix[:2], rows)
+    seed_everything(spec.seed, -1)  # as run_chain builds the model
+    pretrained = build_model(spec.model, torch.device("cpu")).state_dict()
+    key = "clip.visual.transformer.resblocks.0.mlp.c_fc.weight"
+    assert torch.equal(state[key], pretrained[key]) != merge  # merged adapters live in W
+
+
+def test_bad_configs_are_clear_errors() -> None:
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        create_method("lora", {"rank": 0})
+    with pytest.raises(ValidationError, match="'attn.out_proj', 'mlp.c_fc' or 'mlp.c_proj'"):
+        create_method("lora", {"targets": ["attn.qkv"]})
+    with pytest.raises(ValidationError, match="targets listed twice"):
+        create_method("lora", {"targets": ["mlp.c_fc", "mlp.c_fc"]})
+    with pytest.raises(ValidationError, match="at least 1"):
+        create_method("lora", {"targets": []})
+    with pytest.raises(ValidationError, match="image', 'text' or 'both'"):
+        create_method("lora", {"towers": "vision"})
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        create_method("lora", {"ranks": 4})
+    with pytest.raises(ClipclError, match=r"method\.rank"):
+        tiny_spec("lora", rank=0)
+
+
+def test_dropout_acts_on_the_mlp_lora_path_in_training_only() -> None:
+    model = _model()
+    method = _lora(model, dropout=0.5, targets=["mlp.c_fc"], towers="image")
+    _perturb(method)
+    model.train()
+    assert not torch.equal(_features(model)[0], _features(model)[0])
+    model.eval()
+    assert torch.equal(_features(model)[0], _features(model)[0])
