@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from clipcl.data import Benchmark, Task, get_benchmark, register_benchmark
 from clipcl.workers import ChainSpec
+
+# Tests run beside worker subprocesses (and other jobs) on few cores: one torch thread in the
+# test process avoids oversubscription, which made tiny chains ~10x slower on a loaded machine.
+torch.set_num_threads(1)
 
 
 @register_benchmark(
