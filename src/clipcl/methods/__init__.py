@@ -2,6 +2,7 @@
 
 from clipcl.methods import finetune as _finetune  # noqa: F401  (registers)
 from clipcl.methods import icarl as _icarl  # noqa: F401  (registers)
+from clipcl.methods import joint as _joint  # noqa: F401  (registers)
 from clipcl.methods import lora as _lora  # noqa: F401  (registers)
 from clipcl.methods import wiseft as _wiseft  # noqa: F401  (registers wise-ft)
 from clipcl.methods import zeroshot as _zeroshot  # noqa: F401  (registers)

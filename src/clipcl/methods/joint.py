@@ -1,0 +1,82 @@
+"""``joint``: the upper bound — every step also trains on the other tasks' data.
+
+At task k each step adds, to the current batch's cross-entropy, the cross-entropy of one batch of
+every other task in scope (``seen``: tasks 0..k−1, so after the last task the model has been
+trained on all tasks together — the usual joint upper bound, read off ``Last``; ``all``: every
+task of the benchmark from the first step on, the data of all tasks at once). Each batch is
+classified among its own task's classes (task-incremental), with that task's first template.
+Batches are drawn from per-task loaders seeded by the worker's per-task seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from clipcl.data import Task
+from clipcl.methods.base import StepOutputs, TaskContext
+from clipcl.methods.finetune import Finetune, FinetuneConfig
+from clipcl.methods.registry import register_method
+
+
+class JointConfig(FinetuneConfig):
+    scope: Literal["seen", "all"] = Field(
+        "seen", description="seen: tasks 0..k at task k; all: every task from the start."
+    )
+    label_smoothing: float = Field(0.2, ge=0, lt=1, description="For the other tasks' batches.")
+    batch_size: int = Field(64, ge=1, description="Batch size of each other task's batches.")
+
+
+def _cycle(loader) -> Iterator:
+    while True:
+        yield from loader
+
+
+@register_method
+class Joint(Finetune):
+    """Multi-task training on the tasks in scope (an upper bound, not a continual learner)."""
+
+    name = "joint"
+    Config = JointConfig
+    config: JointConfig
+
+    def before_task(self, ctx: TaskContext) -> None:
+        super().before_task(ctx)
+        from clipcl.workers.train import make_loader
+
+        tasks = ctx.benchmark.tasks
+        others = tasks[: ctx.index] if self.config.scope == "seen" else tasks
+        self._others: list[tuple[Task, Iterator]] = []
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        for i, task in enumerate(others):
+            if task.name == ctx.task.name:
+                continue
+            loader = make_loader(
+                task.train,
+                self.config.batch_size,
+                shuffle=True,
+                seed=seed + i,
+                num_workers=0,
+                pin_memory=False,
+            )
+            self._others.append((task, _cycle(loader)))
+
+    def extra_loss(
+        self, batch: tuple[torch.Tensor, torch.Tensor], outputs: StepOutputs
+    ) -> torch.Tensor | None:
+        model = self.model
+        assert model is not None
+        total = None
+        for task, batches in self._others:
+            images, labels = next(batches)
+            labels = labels.to(model.device)
+            feats = model.encode_image(model.preprocess(images))
+            classes = model.class_embeddings(task.class_names, task.templates[:1])
+            logits = model.logit_scale() * feats.float() @ classes.float().t()
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
+            total = loss if total is None else total + loss
+        return total
