@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -58,6 +63,25 @@ def smoke_spec(seed: int = 0, iterations: int = 10) -> ChainSpec:
             "seed": seed,
         }
     )
+
+
+def clipcl_inprocess(*args) -> subprocess.CompletedProcess:
+    """Run ``clipcl ARGS`` in-process through ``clipcl.cli.main`` (the console script's code);
+    capture exit code, stdout and stderr."""
+    from clipcl.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["clipcl", *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def direct_matrix(spec: ChainSpec, run_dir) -> list:

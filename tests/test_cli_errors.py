@@ -12,8 +12,6 @@ in a subprocess to cover the entry point itself.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -24,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import clipcl_inprocess
+
 _SCRIPT = Path(sys.executable).parent / "clipcl"
 _BASE_CMD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "clipcl.cli"]
 # A narrow, colourless terminal: a long message must still come out as a single line.
@@ -33,21 +33,8 @@ _CHAIN_TIMEOUT_S = 900
 
 
 def _clipcl(*args: str | Path, timeout: int = _ERROR_TIMEOUT_S) -> subprocess.CompletedProcess:
-    """Run ``clipcl ARGS`` in-process through ``clipcl.cli.main``; capture exit code and output."""
-    from clipcl.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["clipcl", *map(str, args)]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = argv
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    """Run ``clipcl ARGS`` in-process; capture exit code and output."""
+    return clipcl_inprocess(*args)
 
 
 def _clipcl_subprocess(*args: str | Path, timeout: int = _ERROR_TIMEOUT_S):

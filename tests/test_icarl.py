@@ -26,15 +26,6 @@ def _icarl(**knobs) -> Icarl:
     return method
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the tiny model gains nothing from more, and shared CPUs punish it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def smoke():
     return get_benchmark("smoke")

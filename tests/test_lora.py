@@ -26,16 +26,6 @@ from tests.conftest import tiny_spec
 TOWERS = {"image": (3, 96), "text": (2, 64)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the tiny model gains nothing from more, and on a shared CPU
-    oversubscribed threads make these tests many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(seed: int = 0) -> ClipModel:
     torch.manual_seed(seed)
     model = build_model(tiny_spec().model, torch.device("cpu"))

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,24 +12,7 @@ from PIL import Image
 from clipcl.data.smoke import COLOURS
 from clipcl.results.records import ChainRecords
 from clipcl.workers import ChainSpec, run_chain
-
-
-def _clipcl(*args: str | Path) -> subprocess.CompletedProcess:
-    """Run ``clipcl ARGS`` in-process through ``clipcl.cli.main`` (the console script's code)."""
-    from clipcl.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["clipcl", *map(str, args)]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = argv
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+from tests.conftest import clipcl_inprocess as _clipcl
 
 
 @pytest.fixture(scope="module")

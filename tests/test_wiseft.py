@@ -20,15 +20,6 @@ from clipcl.workers.train import make_loader, train_task
 from tests.conftest import tiny_spec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared CPU oversubscribed threads slow the tiny model a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _snapshot(model: ClipModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
