@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/results_table.py
 	$(BIN)/python bench/orchestrator.py
 	$(BIN)/python bench/dataloader.py
+	$(BIN)/python bench/zscl.py --arch tiny --batch 32 --captions 15000
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
