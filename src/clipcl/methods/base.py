@@ -4,6 +4,7 @@ Loop order per task (see ``clipcl.workers.train``)::
 
     method.before_task(ctx)                      # choose trainable params, add heads, ...
     for each step:
+        classifier = method.classifier(task, training=True) or the default text/head embeddings
         outputs = forward(batch)                 # logits (B, C), image_features (B, D)
         loss = CE(outputs.logits, y) + method.extra_loss(batch, outputs)
         loss.backward()
@@ -11,6 +12,10 @@ Loop order per task (see ``clipcl.workers.train``)::
         optimizer.step(); method.after_step()    # may edit the update / the weights
         scheduler.step()
     method.after_task(ctx, loader)               # statistics, projectors, ensembling
+
+Evaluation uses ``method.classifier(task, training=False)`` when it returns one.
+``train_defaults`` are TrainConfig values the method's paper uses (e.g. its optimizer); they sit
+above the benchmark's defaults and below the sweep's ``train:`` settings.
 
 ``setup(model)`` runs once per chain before anything else (and before a checkpoint's method state
 is restored with ``load_state_dict``).
@@ -60,6 +65,8 @@ class Method:
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     #: False for methods that never train (the loop then skips optimisation entirely).
     trains: ClassVar[bool] = True
+    #: TrainConfig keys this method defaults (its paper's optimizer, ...); the sweep overrides them.
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -71,6 +78,14 @@ class Method:
 
     def before_task(self, ctx: TaskContext) -> None:
         """Called before training task ``ctx.index``; may set ``requires_grad`` and add heads."""
+
+    def classifier(self, task: Task, *, training: bool) -> torch.Tensor | None:
+        """L2-normalised class embeddings (C, D) of ``task``'s classes, or None for the default.
+
+        Called every training step with grad enabled (``training=True``) and under ``no_grad``
+        in evaluation (class-incremental evaluation calls it for each seen task and concatenates).
+        """
+        return None
 
     def extra_loss(
         self, batch: tuple[torch.Tensor, torch.Tensor], outputs: StepOutputs

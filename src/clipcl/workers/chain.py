@@ -263,7 +263,6 @@ def _run_locked(
         f"chain {spec.chain_id}: {spec.method_name} on {spec.benchmark} "
         f"(seed {spec.seed}) → {records.run_dir}"
     )
-    method.setup(model)
 
     def evaluate_after(index: int) -> list:
         return evaluate(
@@ -274,6 +273,7 @@ def _run_locked(
             batch_size=spec.eval.batch_size,
             precision=spec.train.precision,
             num_workers=spec.train.num_workers,
+            method=None if index == ZEROSHOT else method,
         )
 
     if not records.load_state().get("zeroshot_done"):
@@ -282,6 +282,8 @@ def _run_locked(
         state = records.load_state()
         state["zeroshot_done"] = True
         records.save_state(state)
+    # After the zero-shot row: that row is the pretrained CLIP, before any prompt or adapter.
+    method.setup(model)
 
     start = _resume(records, model, method, progress)
     if start == len(benchmark.tasks):

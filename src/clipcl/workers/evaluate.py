@@ -5,13 +5,22 @@ from __future__ import annotations
 import torch
 
 from clipcl.data import Benchmark, Task
+from clipcl.methods import Method
 from clipcl.models import ClipModel, Precision, autocast
 from clipcl.results.records import ZEROSHOT, EvalRow
 from clipcl.workers.train import make_loader
 
 
-def classifier_for(model: ClipModel, task: Task, precision: Precision) -> torch.Tensor:
-    """The task's learned head if it has one, else its template-ensemble class embeddings (C, D)."""
+def classifier_for(
+    model: ClipModel, task: Task, precision: Precision, method: Method | None = None
+) -> torch.Tensor:
+    """The method's classifier for the task if it has one, else the task's learned head, else
+    its template-ensemble class embeddings (C, D)."""
+    if method is not None:
+        with autocast(model.device, precision):
+            clf = method.classifier(task, training=False)
+        if clf is not None:
+            return clf.detach().float()
     head = model.head(task.name)
     if head is not None:
         return head.detach().float()
@@ -57,12 +66,14 @@ def evaluate(
     batch_size: int = 256,
     precision: Precision = "fp32",
     num_workers: int = 0,
+    method: Method | None = None,
 ) -> list[EvalRow]:
     """Rows for the checkpoint after task ``trained_index`` (``ZEROSHOT`` = before task 1).
 
     ``til``: every task's test images among its own classes.
     ``cil``: the test images of each seen task among all seen classes (the zero-shot pass,
-    having seen no task, uses every class of the benchmark).
+    having seen no task, uses every class of the benchmark). ``method`` supplies classifiers
+    through its ``classifier`` hook (e.g. learned text contexts).
     """
     model.eval()
     tasks = benchmark.tasks
@@ -74,13 +85,13 @@ def evaluate(
 
     if benchmark.protocol == "til":
         for i, task in enumerate(tasks):
-            clf = classifier_for(model, task, precision)
+            clf = classifier_for(model, task, precision, method)
             rows.append(
                 row(i, *_count_correct(model, task, clf, 0, batch_size, precision, num_workers))
             )
         return rows
     seen = tasks if trained_index == ZEROSHOT else tasks[: trained_index + 1]
-    clf = torch.cat([classifier_for(model, t, precision) for t in seen])  # (sum C, D)
+    clf = torch.cat([classifier_for(model, t, precision, method) for t in seen])  # (sum C, D)
     offset = 0
     for i, task in enumerate(seen):
         rows.append(

@@ -6,7 +6,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -32,7 +32,10 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    lr: float = Field(1e-5, gt=0, description="AdamW peak learning rate.")
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate.")
+    lr_first_task: float | None = Field(
+        None, gt=0, description="Learning rate of task 0 (PGP: 1e-3, then lr); None = lr."
+    )
     lr_per_task: dict[str, float] = Field(
         default_factory=dict, description="Learning rate overrides by task name."
     )
@@ -44,11 +47,31 @@ class TrainConfig(BaseModel):
         description="Passes over the task's data (instead of iterations; set iterations to null).",
     )
     warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps, then cosine decay.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    weight_decay: float = Field(
+        0.0, ge=0, description="Weight decay (decoupled for adamw, L2 inside adam and sgd)."
+    )
+    optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="Optimizer per task.")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
+    schedule: Literal["warmup_cosine", "multistep", "constant"] = Field(
+        "warmup_cosine",
+        description="Per-task learning-rate schedule (warm-up applies to all three).",
+    )
+    lr_milestones: tuple[float, ...] = Field(
+        (0.5, 0.8), description="multistep: fractions of the task's steps where lr *= lr_gamma."
+    )
+    lr_gamma: float = Field(0.1, gt=0, description="multistep: the factor at each milestone.")
     label_smoothing: float = Field(0.2, ge=0, lt=1, description="Cross-entropy label smoothing.")
     grad_clip_norm: float | None = Field(None, gt=0, description="Clip the gradient norm.")
     precision: Precision = Field("fp32", description="Compute precision (autocast); weights fp32.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+    def lr_for(self, task_index: int, task_name: str) -> float:
+        """Peak learning rate of a task: ``lr_per_task`` > ``lr_first_task`` (task 0) > ``lr``."""
+        if task_name in self.lr_per_task:
+            return self.lr_per_task[task_name]
+        if task_index == 0 and self.lr_first_task is not None:
+            return self.lr_first_task
+        return self.lr
 
     def steps_for(self, batches_per_epoch: int) -> int:
         """Optimizer steps for one task: ``iterations``, or ``epochs`` × batches per epoch."""
@@ -61,7 +84,24 @@ class TrainConfig(BaseModel):
     def _one_length(self) -> TrainConfig:
         if (self.iterations is None) == (self.epochs is None):
             raise ValueError("set exactly one of train.iterations and train.epochs")
+        if any(not 0 < m < 1 for m in self.lr_milestones):
+            raise ValueError(f"lr_milestones must lie in (0, 1), got {list(self.lr_milestones)}")
         return self
+
+
+#: TrainConfig keys added after release (projection family); omitted from the hash at default.
+LATER_TRAIN_KEYS = (
+    "lr_first_task",
+    "optimizer",
+    "momentum",
+    "schedule",
+    "lr_milestones",
+    "lr_gamma",
+)
+
+
+def _json_default(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 class EvalConfig(BaseModel):
@@ -94,7 +134,14 @@ class ChainSpec(BaseModel):
         return str(self.method["name"])
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """The spec as sorted, compact JSON; train knobs added after chain ids were first
+        published are left out while at their defaults, so existing runs keep their ids."""
+        data = self.model_dump(mode="json")
+        defaults = TrainConfig.model_fields
+        for key in LATER_TRAIN_KEYS:
+            if data["train"].get(key) == _json_default(defaults[key].default):
+                data["train"].pop(key)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @functools.cached_property
     def chain_id(self) -> str:
@@ -129,7 +176,7 @@ class ChainSpec(BaseModel):
             train = raw.get("train") or {}
             if not isinstance(train, dict):
                 raise ClipclError(f"{source}: train: expected a mapping, got {train!r}")
-            raw["train"] = {**info.train_defaults, **train}
+            raw["train"] = {**info.train_defaults, **cls_.train_defaults, **train}
         spec = validate(cls, raw, source)
         _named(source, "model.arch", resolve_arch, spec.model.arch)
         if info is not None:

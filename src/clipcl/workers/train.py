@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from clipcl.methods import Method, StepOutputs, TaskContext
 from clipcl.models import ClipModel, autocast
-from clipcl.schedules import warmup_cosine
+from clipcl.schedules import constant, multistep, warmup_cosine
 from clipcl.workers.spec import TrainConfig
 
 StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
@@ -34,6 +34,24 @@ def make_loader(
     )
 
 
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, lr: float):
+    """The task's optimizer: ``adamw`` (decoupled decay), ``adam`` (L2 inside Adam) or ``sgd``."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def lr_at(cfg: TrainConfig, step: int, base_lr: float, steps: int) -> float:
+    """Learning rate of ``step`` (0-based) of a ``steps``-step task under ``cfg.schedule``."""
+    if cfg.schedule == "multistep":
+        return multistep(step, base_lr, cfg.warmup_steps, steps, cfg.lr_milestones, cfg.lr_gamma)
+    if cfg.schedule == "constant":
+        return constant(step, base_lr, cfg.warmup_steps)
+    return warmup_cosine(step, base_lr, cfg.warmup_steps, steps)
+
+
 def _cycle(loader: DataLoader) -> Iterator:
     while True:
         yield from loader
@@ -49,9 +67,10 @@ def train_task(
 ) -> float:
     """Train ``ctx.task`` for the configured steps; return the mean loss of the last 10 steps.
 
-    Per step: forward (autocast) → CE with label smoothing over the task's classes
+    Per step: learning rate of the step → forward (autocast) with the method's classifier (or
+    the task's head / text embeddings) → CE with label smoothing over the task's classes
     + ``method.extra_loss`` → backward → ``after_backward`` → clip → optimizer step →
-    ``after_step`` → learning-rate schedule.
+    ``after_step``.
     """
     task = ctx.task
     params = [p for p in model.parameters() if p.requires_grad]
@@ -60,34 +79,39 @@ def train_task(
             f"method '{method.name}' left no trainable parameters for task {task.name}"
         )
     steps = cfg.steps_for(len(loader))
-    base_lr = cfg.lr_per_task.get(task.name, cfg.lr)
-    optimizer = torch.optim.AdamW(params, lr=base_lr, weight_decay=cfg.weight_decay)
+    base_lr = cfg.lr_for(ctx.index, task.name)
+    optimizer = make_optimizer(params, cfg, base_lr)
     device = model.device
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16" and device.type == "cuda")
 
     head = model.head(task.name)
     text_trainable = model.text_tower_trainable()
-    fixed_text = None
-    if head is None and not text_trainable:
-        with torch.no_grad(), autocast(device, cfg.precision):
-            fixed_text = model.class_embeddings(task.class_names, task.templates[:1]).float()
+    fixed_text: torch.Tensor | None = None  # frozen text embeddings, computed once when used
 
     model.train()
     recent: list[float] = []
     batches = _cycle(loader)
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = warmup_cosine(step, base_lr, cfg.warmup_steps, steps)
+            group["lr"] = lr_at(cfg, step, base_lr, steps)
         images, labels = next(batches)
         labels = labels.to(device, non_blocking=True)  # (B,)
         with autocast(device, cfg.precision):
             feats = model.encode_image(model.preprocess(images))  # (B, D)
-            if head is not None:
+            method_clf = method.classifier(task, training=True)
+            if method_clf is not None:
+                classifier = method_clf  # (C, D)
+            elif head is not None:
                 classifier = head  # (C, D)
-            elif fixed_text is not None:
-                classifier = fixed_text  # (C, D)
-            else:
+            elif text_trainable:
                 classifier = model.class_embeddings(task.class_names, task.templates[:1])
+            else:
+                if fixed_text is None:
+                    with torch.no_grad():
+                        fixed_text = model.class_embeddings(
+                            task.class_names, task.templates[:1]
+                        ).float()
+                classifier = fixed_text  # (C, D)
             logits = model.logit_scale() * feats @ classifier.t()  # (B, C)
         outputs = StepOutputs(logits=logits.float(), image_features=feats.float())
         loss = F.cross_entropy(outputs.logits, labels, label_smoothing=cfg.label_smoothing)
