@@ -1,0 +1,222 @@
+"""The projection engine shared by GPM, NSP², PGP and DMNSP: pure linear algebra, no model code.
+
+Every method of the family summarises what a layer saw on a finished task, keeps a subspace and
+constrains later changes of that layer's parameters (METHODS.md §3):
+
+- statistics: the uncentred covariance ``C = Σ XᵀX`` of a layer's inputs (or outputs), summed
+  over samples, tokens and tasks (``accumulate_covariance``);
+- subspaces: GPM's energy-threshold basis of the inputs seen so far (``gpm_basis``, Saha et al.
+  2021, Alg. 1), and the null space of ``C`` chosen by the knee of its singular-value curve
+  (``null_space_knee``, NSP²) or by Adam-NSCL's ``σ ≤ γ·σ_min`` rule (``null_space_threshold``);
+- constraints: ``remove_component`` (``G − G U Uᵀ``: gradient projection), ``projector``
+  (``U Uᵀ``) and ``UpdateProjection``, which replaces the optimizer's update ``Δ = θ_new − θ_old``
+  by a function of it after the step. With Adam(W) only the update form keeps the guarantee:
+  Adam rescales each coordinate of a projected gradient and weight decay adds ``−λθ``, so the
+  step leaves the allowed subspace (property tested in ``tests/test_projection.py``).
+
+Conventions: a basis ``U`` is a (d, k) matrix whose columns span the protected (or allowed)
+subspace; for a weight ``W (out, d)`` acting on inputs ``x ∈ R^d`` the protected side is the
+right one (``side="right"``: ``G U``); ``side="left"`` acts on rows (``Uᵀ G``). Linear algebra
+runs in float64; results come back in float64 (callers cast to their parameter's dtype).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import torch
+from torch import nn
+
+Side = Literal["right", "left"]
+
+
+def accumulate_covariance(
+    cov: torch.Tensor | None, x: torch.Tensor, *, mean: bool = False
+) -> torch.Tensor:
+    """``cov + XᵀX`` for the rows of ``x`` (..., d) flattened to (n, d), in float64.
+
+    Args:
+        cov: the running (d, d) sum, or None to start one.
+        x: samples (any leading shape; the last axis is the feature axis).
+        mean: add ``XᵀX / n`` instead (NSP² divides each batch's term by its row count).
+    """
+    rows = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)  # (n, d)
+    term = rows.t() @ rows  # (d, d)
+    if mean:
+        term = term / max(1, rows.shape[0])
+    return term if cov is None else cov + term.to(cov.device)
+
+
+def eigh_desc(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values (descending, clamped ≥ 0) and vectors (columns) of a symmetric PSD matrix.
+
+    For ``C = R Rᵀ`` these are ``σ²`` of ``R`` and its left singular vectors.
+    """
+    c = cov.to(torch.float64)
+    c = 0.5 * (c + c.t())  # (d, d) exact symmetry for eigh
+    vals, vecs = torch.linalg.eigh(c)  # ascending
+    return vals.flip(0).clamp_min(0.0), vecs.flip(1)
+
+
+def gpm_basis(
+    cov: torch.Tensor,
+    basis: torch.Tensor | None,
+    threshold: float,
+    max_new: int | None = None,
+) -> torch.Tensor:
+    """GPM's basis update (Saha et al. 2021, Alg. 1) from the covariance ``C = R Rᵀ`` of a task.
+
+    Task 0 (``basis`` None): keep the leading eigenvectors of ``C`` whose cumulative energy
+    ``Σσ²/total`` stays below ``threshold`` (GPM's ``r = Σ [cumsum < ε]``). Later tasks: project
+    the new inputs off the basis,
+    ``R̂ = R − M Mᵀ R`` (so ``Ĉ = (I − MMᵀ) C (I − MMᵀ)``), and add the leading eigenvectors of ``Ĉ``
+    while the energy of ``R`` they capture, counted against ``‖R‖²``, stays below ``threshold``.
+
+    Args:
+        cov: (d, d) uncentred covariance of the task's layer inputs.
+        basis: (d, k) orthonormal basis so far, or None.
+        threshold: ε ∈ (0, 1].
+        max_new: cap on the number of columns added (PGP: 5 per task).
+
+    Returns:
+        (d, k') orthonormal basis, old columns first (k' ≥ k; ≤ d).
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    c = cov.to(torch.float64)
+    total = float(torch.trace(c))
+    d = c.shape[0]
+    if total <= 0:
+        return basis.to(torch.float64) if basis is not None else c.new_zeros(d, 0)
+    if basis is None or basis.shape[1] == 0:
+        sv, u = eigh_desc(c)
+        ratio = torch.cumsum(sv, 0) / total
+        k = int((ratio < threshold).sum())
+        k = min(k, d) if max_new is None else min(k, d, max_new)
+        return u[:, :k].contiguous()
+    m = basis.to(torch.float64)
+    residual = c - m @ (m.t() @ c)  # (I − MMᵀ) C
+    residual = residual - (residual @ m) @ m.t()  # (I − MMᵀ) C (I − MMᵀ)
+    sv, u = eigh_desc(residual)
+    captured = total - float(torch.trace(residual))  # energy of R inside span M
+    if captured / total >= threshold:
+        return m
+    ratio = (captured + torch.cumsum(sv, 0)) / total
+    k = int((ratio < threshold).sum()) + 1
+    k = min(k, d - m.shape[1])
+    if max_new is not None:
+        k = min(k, max_new)
+    new = u[:, :k]
+    return orthonormalize(torch.cat([m, new], dim=1))
+
+
+def knee_index(sv: torch.Tensor, smooth_std: float = 10.0, trim: float = 0.015) -> int:
+    """Knee of a descending singular-value curve: argmax of its discrete second difference.
+
+    NSP² (Lu et al. 2024): the curve is smoothed with a Gaussian of std ``smooth_std`` (in
+    index units; ``0`` = no smoothing) and, when it has ≥ 128 values, ``trim`` of each end is
+    excluded from the search. Returns the index of the first value counted in the null space
+    (the nullity is ``len(sv) − index``).
+    """
+    s = sv.to(torch.float64).flatten()
+    n = s.numel()
+    if n < 3:
+        return n
+    if smooth_std > 0:
+        radius = max(1, int(math.ceil(3 * smooth_std)))
+        t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        kernel = torch.exp(-0.5 * (t / smooth_std) ** 2)
+        kernel = kernel / kernel.sum()
+        padded = torch.nn.functional.pad(s.view(1, 1, -1), (radius, radius), mode="replicate")
+        s = torch.nn.functional.conv1d(padded, kernel.view(1, 1, -1)).flatten()  # (n,)
+    second = s[:-2] - 2 * s[1:-1] + s[2:]  # (n − 2,) second difference at index i + 1
+    lo, hi = 0, second.numel()
+    if n >= 128:
+        cut = int(n * trim)
+        lo, hi = cut, max(cut + 1, second.numel() - cut)
+    return int(torch.argmax(second[lo:hi])) + lo + 1
+
+
+def null_space_knee(
+    cov: torch.Tensor, smooth_std: float = 10.0, trim: float = 0.015
+) -> torch.Tensor:
+    """(d, k0) eigenvectors of ``cov`` from the knee of its spectrum on (``knee_index``)."""
+    sv, u = eigh_desc(cov)
+    return u[:, knee_index(sv, smooth_std, trim) :].contiguous()
+
+
+def null_space_threshold(cov: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(d, k0) eigenvectors whose eigenvalue is ≤ ``gamma · λ_min`` (Adam-NSCL's rule, γ ≥ 1).
+
+    ``λ_min`` is the smallest eigenvalue; with an exactly singular covariance it is 0 and only
+    the exact null space (eigenvalues ≤ 1e-12 · λ_max) is kept.
+    """
+    if gamma < 1:
+        raise ValueError(f"gamma must be >= 1, got {gamma}")
+    sv, u = eigh_desc(cov)
+    floor = max(float(sv[-1]) * gamma, 1e-12 * float(sv[0]))
+    return u[:, sv <= floor].contiguous()
+
+
+def projector(basis: torch.Tensor) -> torch.Tensor:
+    """``U Uᵀ`` (d, d): the orthogonal projector onto span U when U is orthonormal."""
+    u = basis.to(torch.float64)
+    return u @ u.t()
+
+
+def orthonormalize(basis: torch.Tensor, tol: float = 1e-10) -> torch.Tensor:
+    """An orthonormal basis of span(basis) (SVD; directions below ``tol · σ_max`` dropped)."""
+    u, s, _ = torch.linalg.svd(basis.to(torch.float64), full_matrices=False)
+    if s.numel() == 0 or float(s[0]) == 0.0:
+        return basis.new_zeros(basis.shape[0], 0, dtype=torch.float64)
+    return u[:, s > tol * s[0]].contiguous()
+
+
+def remove_component(g: torch.Tensor, basis: torch.Tensor, side: Side = "right") -> torch.Tensor:
+    """``g − g U Uᵀ`` (``side="right"``, g (out, d)) or ``g − U Uᵀ g`` (``"left"``, g (d, n)).
+
+    The result has no component along span U on that side (U orthonormal). Same dtype as g.
+    """
+    u = basis.to(device=g.device, dtype=torch.float64)
+    g64 = g.to(torch.float64)
+    out = g64 - (g64 @ u) @ u.t() if side == "right" else g64 - u @ (u.t() @ g64)
+    return out.to(g.dtype)
+
+
+def relative_component(delta: torch.Tensor, basis: torch.Tensor, side: Side = "right") -> float:
+    """``‖component of delta along span U‖ / ‖delta‖`` (0 for a zero delta; U orthonormal)."""
+    d = delta.detach().to(torch.float64)
+    u = orthonormalize(basis).to(d.device)
+    along = d @ u if side == "right" else u.t() @ d
+    norm = float(d.norm())
+    return 0.0 if norm == 0.0 else float(along.norm()) / norm
+
+
+class UpdateProjection:
+    """Constrain an optimizer's update instead of its gradient.
+
+    Call ``snapshot()`` before ``optimizer.step()`` (a method's ``after_backward``) and
+    ``apply()`` after it (``after_step``): each parameter becomes ``θ_old + f(name, Δ)`` with
+    ``Δ = θ_new − θ_old`` (Adam's scaled, decayed step), so the constraint holds exactly for the
+    step actually taken.
+    """
+
+    def __init__(self, params: Iterable[tuple[str, nn.Parameter]]) -> None:
+        self.params = list(params)
+        self._before: dict[str, torch.Tensor] = {}
+
+    def snapshot(self) -> None:
+        self._before = {name: p.detach().clone() for name, p in self.params}
+
+    @torch.no_grad()
+    def apply(self, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
+        """Replace each parameter's update Δ by ``fn(name, Δ)`` (same shape)."""
+        if not self._before:
+            raise RuntimeError("UpdateProjection.apply() called without a snapshot()")
+        for name, p in self.params:
+            before = self._before[name]
+            delta = p.detach() - before
+            p.copy_(before + fn(name, delta).to(p.dtype))
+        self._before = {}
