@@ -32,15 +32,16 @@ def capture(
 ) -> Iterator[None]:
     """Within the block, every forward of ``modules[name]`` calls ``fn(name, tensor)``.
 
-    ``tensor`` is the module's first positional input (``kind="input"``) or its output (the
-    first element when it returns a tuple), detached. Hooks are removed on exit, also on error.
+    ``tensor`` is the module's first positional input (its first keyword argument when called
+    with keywords only; ``kind="input"``) or its output (the first element when it returns a
+    tuple), detached. Hooks are removed on exit, also on error.
     """
     handles = []
 
     def make_hook(name: str):
-        def hook(module: nn.Module, args: tuple, output) -> None:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output) -> None:
             if kind == "input":
-                value = args[0]
+                value = args[0] if args else next(iter(kwargs.values()))
             else:
                 value = output[0] if isinstance(output, tuple) else output
             fn(name, value.detach())
@@ -49,7 +50,7 @@ def capture(
 
     try:
         for name, module in modules.items():
-            handles.append(module.register_forward_hook(make_hook(name)))
+            handles.append(module.register_forward_hook(make_hook(name), with_kwargs=True))
         yield
     finally:
         for h in handles:

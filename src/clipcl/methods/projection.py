@@ -22,7 +22,6 @@ runs in float64; results come back in float64 (callers cast to their parameter's
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Literal
 
@@ -68,20 +67,28 @@ def gpm_basis(
 ) -> torch.Tensor:
     """GPM's basis update (Saha et al. 2021, Alg. 1) from the covariance ``C = R Rᵀ`` of a task.
 
-    Task 0 (``basis`` None): keep the leading eigenvectors of ``C`` whose cumulative energy
-    ``Σσ²/total`` stays below ``threshold`` (GPM's ``r = Σ [cumsum < ε]``). Later tasks: project
-    the new inputs off the basis,
-    ``R̂ = R − M Mᵀ R`` (so ``Ĉ = (I − MMᵀ) C (I − MMᵀ)``), and add the leading eigenvectors of ``Ĉ``
-    while the energy of ``R`` they capture, counted against ``‖R‖²``, stays below ``threshold``.
+    Counting follows the authors' code (``sahagobinda/GPM@1a238ec``, ``update_GPM``):
+
+    - first call (``basis`` None): keep the ``r = Σ [cumsum(σ²)/total < ε]`` leading eigenvectors
+      of ``C`` (Eq. 5; no ``+1``: the direction whose energy crosses ε is left out);
+    - later calls: with ``R̂ = R − M Mᵀ R`` (Eq. 8, so ``Ĉ = (I − MMᵀ) C (I − MMᵀ)``), start from
+      the energy of ``R`` already inside span M, ``captured / ‖R‖²``, and add the leading
+      eigenvectors of ``Ĉ`` one at a time while the accumulated ratio is still below ε before
+      adding (Eq. 9). That is ``Σ [(captured + cumsum(σ̂²))/‖R‖² < ε] + 1`` directions: the one
+      that crosses ε is included. Nothing is added when ``captured / ‖R‖² ≥ ε``.
+
+    A (d, 0) ``basis`` (tasks summarised, nothing kept) follows the later-call rule, as the
+    authors' code does for a layer whose first basis came out empty.
 
     Args:
         cov: (d, d) uncentred covariance of the task's layer inputs.
-        basis: (d, k) orthonormal basis so far, or None.
+        basis: (d, k) orthonormal basis so far, or None before the first task.
         threshold: ε ∈ (0, 1].
         max_new: cap on the number of columns added (PGP: 5 per task).
 
     Returns:
-        (d, k') orthonormal basis, old columns first (k' ≥ k; ≤ d).
+        (d, k') orthonormal basis in float64: the old columns unchanged and first, then an
+        orthonormal basis of the added directions (k ≤ k' ≤ d).
     """
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -90,13 +97,13 @@ def gpm_basis(
     d = c.shape[0]
     if total <= 0:
         return basis.to(torch.float64) if basis is not None else c.new_zeros(d, 0)
-    if basis is None or basis.shape[1] == 0:
+    if basis is None:
         sv, u = eigh_desc(c)
         ratio = torch.cumsum(sv, 0) / total
         k = int((ratio < threshold).sum())
         k = min(k, d) if max_new is None else min(k, d, max_new)
         return u[:, :k].contiguous()
-    m = basis.to(torch.float64)
+    m = basis.to(device=c.device, dtype=torch.float64)
     residual = c - m @ (m.t() @ c)  # (I − MMᵀ) C
     residual = residual - (residual @ m) @ m.t()  # (I − MMᵀ) C (I − MMᵀ)
     sv, u = eigh_desc(residual)
@@ -108,35 +115,52 @@ def gpm_basis(
     k = min(k, d - m.shape[1])
     if max_new is not None:
         k = min(k, max_new)
-    new = u[:, :k]
-    return orthonormalize(torch.cat([m, new], dim=1))
+    new = u[:, :k]  # (d, k) unit columns
+    new = new - m @ (m.t() @ new)  # drop round-off along span M
+    # Eigenvectors of a ~zero eigenvalue may lie (almost) inside span M: nothing new there.
+    new = new[:, new.norm(dim=0) > 1e-6]
+    return torch.cat([m, orthonormalize(new)], dim=1).contiguous()
+
+
+def _gaussian_smooth(s: torch.Tensor, std: float) -> torch.Tensor:
+    """1-D Gaussian filter as ``scipy.ndimage.gaussian_filter1d`` computes it by default:
+    kernel radius ``int(4·std + 0.5)``, boundary mode "reflect" (the edge value repeated)."""
+    n = s.numel()
+    radius = int(4 * std + 0.5)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (t / std) ** 2)
+    kernel = kernel / kernel.sum()  # (2r + 1,)
+    idx = torch.arange(-radius, n + radius) % (2 * n)  # symmetric reflection, period 2n
+    idx = torch.where(idx >= n, 2 * n - 1 - idx, idx)
+    padded = s[idx]  # (n + 2r,)
+    return torch.nn.functional.conv1d(padded.view(1, 1, -1), kernel.view(1, 1, -1)).flatten()
 
 
 def knee_index(sv: torch.Tensor, smooth_std: float = 10.0, trim: float = 0.015) -> int:
-    """Knee of a descending singular-value curve: argmax of its discrete second difference.
+    """Start of the null space of a descending singular-value curve: its knee (NSP², Lu et al.
+    2024, as their code computes it).
 
-    NSP² (Lu et al. 2024): the curve is smoothed with a Gaussian of std ``smooth_std`` (in
-    index units; ``0`` = no smoothing) and, when it has ≥ 128 values, ``trim`` of each end is
-    excluded from the search. Returns the index of the first value counted in the null space
-    (the nullity is ``len(sv) − index``).
+    With ≥ 128 values the curve is smoothed by a Gaussian of std ``smooth_std`` (index units,
+    scipy's ``gaussian_filter1d``; ``0`` = none) and ``int(n · trim)`` second differences are
+    dropped at each end; shorter curves are used raw and whole. The knee is the value after the
+    largest second difference ``s[i] − 2 s[i+1] + s[i+2]``, read off the raw curve; the null space
+    starts at the last index whose value is ≥ the knee's (ties stay outside it). Returns that
+    index (the nullity is ``len(sv) − index``).
     """
-    s = sv.to(torch.float64).flatten()
-    n = s.numel()
+    raw = sv.to(torch.float64).flatten()
+    n = raw.numel()
     if n < 3:
-        return n
-    if smooth_std > 0:
-        radius = max(1, int(math.ceil(3 * smooth_std)))
-        t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-        kernel = torch.exp(-0.5 * (t / smooth_std) ** 2)
-        kernel = kernel / kernel.sum()
-        padded = torch.nn.functional.pad(s.view(1, 1, -1), (radius, radius), mode="replicate")
-        s = torch.nn.functional.conv1d(padded, kernel.view(1, 1, -1)).flatten()  # (n,)
-    second = s[:-2] - 2 * s[1:-1] + s[2:]  # (n − 2,) second difference at index i + 1
-    lo, hi = 0, second.numel()
+        return n - 1 if n else 0
+    s = raw
+    drop = 0
     if n >= 128:
-        cut = int(n * trim)
-        lo, hi = cut, max(cut + 1, second.numel() - cut)
-    return int(torch.argmax(second[lo:hi])) + lo + 1
+        if smooth_std > 0:
+            s = _gaussian_smooth(raw, smooth_std)  # (n,)
+        drop = int(n * trim)
+    second = s[:-2] - 2 * s[1:-1] + s[2:]  # (n − 2,): entry j belongs to value j + 1
+    valid = second[drop : second.numel() - drop] if drop else second
+    knee_value = raw[int(torch.argmax(valid)) + drop + 1]
+    return int(torch.nonzero(raw >= knee_value).max())
 
 
 def null_space_knee(
@@ -177,11 +201,14 @@ def orthonormalize(basis: torch.Tensor, tol: float = 1e-10) -> torch.Tensor:
 def remove_component(g: torch.Tensor, basis: torch.Tensor, side: Side = "right") -> torch.Tensor:
     """``g − g U Uᵀ`` (``side="right"``, g (out, d)) or ``g − U Uᵀ g`` (``"left"``, g (d, n)).
 
-    The result has no component along span U on that side (U orthonormal). Same dtype as g.
+    The result has no component along span U on that side (U orthonormal). Same dtype as g;
+    computed in float32 (float64 for float64 input): this runs every step, and float32 leaves a
+    residual along U of ~1e-7 relative.
     """
-    u = basis.to(device=g.device, dtype=torch.float64)
-    g64 = g.to(torch.float64)
-    out = g64 - (g64 @ u) @ u.t() if side == "right" else g64 - u @ (u.t() @ g64)
+    work = torch.float64 if g.dtype == torch.float64 else torch.float32
+    u = basis.to(device=g.device, dtype=work)
+    gw = g.to(work)
+    out = gw - (gw @ u) @ u.t() if side == "right" else gw - u @ (u.t() @ gw)
     return out.to(g.dtype)
 
 
