@@ -315,6 +315,7 @@ def test_train_defaults_are_plain_sgd_and_the_sweep_wins() -> None:
     spec = tiny_spec("gpm")
     assert spec.train.optimizer == "sgd" and spec.train.momentum == 0.0
     assert spec.train.weight_decay == 0.0 and spec.train.lr == 0.01
+    assert spec.train.label_smoothing == 0.0  # plain cross-entropy, as GPM trains
     custom = ChainSpec.build(
         {
             "model": {"arch": "tiny"},

@@ -32,7 +32,7 @@ with no projection and no bias freezing (the "-Seq" baseline).
 ``samples`` = 125 images, GPM's count for its fully connected layers; its conv layers use every
 patch position of fewer images, and tokens play that role here: 125 × 197 tokens of ViT-B/16
 give 24 625 rows, well above the widest input (3072, ``mlp.c_proj``). ``train_defaults`` are
-the paper's optimizer: SGD, lr 0.01, no momentum, no weight decay.
+the paper's optimizer and loss: SGD, lr 0.01, no momentum, no weight decay, plain cross-entropy.
 
 Bases are method state (``state_dict``), stored in float32 on the CPU; the linear algebra runs
 in float64.
@@ -232,7 +232,13 @@ class GPM(Method):
     name = "gpm"
     Config = GPMConfig
     config: GPMConfig
-    train_defaults = {"optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0, "lr": 0.01}
+    train_defaults = {
+        "optimizer": "sgd",
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "lr": 0.01,
+        "label_smoothing": 0.0,
+    }
 
     def __init__(self, config: GPMConfig) -> None:
         super().__init__(config)
