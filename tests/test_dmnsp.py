@@ -217,6 +217,20 @@ def test_gradient_projection_is_the_authors_sequential_loop() -> None:
         assert torch.equal(p.grad, before) != (id(p) in projected)
 
 
+def test_an_overflowing_faithful_gradient_stops_the_chain_with_the_cause() -> None:
+    """(Π λ)·P_0⋯P_{L−1} grows with tasks and layers; once |g|² would overflow AdamW's float32
+    second moment (the original then silently freezes the weight) the method refuses."""
+    model = _model()
+    method = _dmnsp(model)
+    _after_task0(method, model)
+    method.before_task(_ctx(1))
+    _first_batch(model)
+    for p in adapter_parameters(adapters_of(model.clip)):
+        p.grad = torch.full(p.shape, 1e16)  # × Π λ ≥ 11³: beyond √(float32 max) ≈ 1.8e19
+    with pytest.raises(ClipclError, match="project_update: true"):
+        method.after_backward()
+
+
 def test_faithful_bases_concatenate_orthonormal_ones_are_projectors() -> None:
     bases = {}
     for orthonormal in (False, True):

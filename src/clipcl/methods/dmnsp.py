@@ -146,6 +146,10 @@ def complement(protected: torch.Tensor) -> torch.Tensor:
     return vecs[:, protected.shape[1] :].contiguous()
 
 
+#: Largest |g| whose square is finite in float32 (√3.4e38): beyond it Adam's step becomes 0.
+FP32_SQRT_MAX = 1.8e19
+
+
 @register_method
 class DMNSP(Method):
     """Adapters in both towers; visual adapter gradients projected by the multi-layer product."""
@@ -266,6 +270,23 @@ class DMNSP(Method):
         for name, p in self._projected_weights():
             if p.grad is not None:
                 p.grad.copy_(self._project(*self._targets[name], p.grad))
+                self._check_scale(name, p.grad)
+
+    def _check_scale(self, name: str, grad: torch.Tensor) -> None:
+        """Refuse a faithful gradient whose square overflows AdamW's fp32 second moment.
+
+        The original silently stops updating such a weight (``m / √inf = 0``); a benchmark run
+        should not, so the chain stops with the cause and the corrected options instead.
+        """
+        peak = float(grad.detach().abs().max()) if grad.numel() else 0.0
+        if not peak < FP32_SQRT_MAX:
+            raise ClipclError(
+                f"dmnsp: the projected gradient of {name} reached {peak:.3g} at task "
+                f"{self.tasks_seen} (the faithful scale Π λ · P_0⋯P_{{L−1}} grows with the "
+                "number of tasks and layers); its square overflows AdamW's float32 second "
+                "moment, which would freeze the weight. Use project_update: true (and "
+                "orthonormal: true) for long task sequences."
+            )
 
     def after_step(self) -> None:
         if self._q is not None and self.config.project_update and self._updates is not None:

@@ -23,9 +23,8 @@ What the authors' code (``zugexiaodui/VPTinNSforCL@0d9c547``: ``train_eval.py``,
   only when n ≥ 128 — shorter curves (C2 is M × M; the tiny CLIP's C1 is 96 × 96) use the raw
   curve. The knee value and all after it form U0; ``B = U0U0ᵀ / ‖U0U0ᵀ‖_F``; η1 = η2 = 0.98.
   (On the tiny CLIP's raw 96-value C1 curve the knee sits at the top: 1–2 protected directions.)
-  Two small differences remain in the shared engine's ``knee_index``: it pads the curve by
-  replication over 3σ where scipy's ``gaussian_filter1d`` reflects over 4σ, and the authors'
-  threshold extends U0 back over values tied with the knee value.
+  The engine's ``knee_index`` computes it as their code does (scipy's smoothing: radius 4σ,
+  reflecting ends; the null space starts at the last value ≥ the knee value).
 - **Update**: their ``ModAdam`` projects Adam's whole step ``−lr·m̂/(√v̂+ε)`` (L2 decay 5e-5 is
   added to the gradient inside Adam, so it is projected too); moments stay unprojected; only the
   prompts are projected (``logit_scale`` is not). Here: ``UpdateProjection`` around the step.
