@@ -13,6 +13,7 @@ from torch import nn
 
 from clipcl.methods.capture import attention_internals, capture
 from clipcl.methods.projection import (
+    ComplementProjection,
     UpdateProjection,
     accumulate_covariance,
     eigh_desc,
@@ -391,3 +392,17 @@ def test_capture_reads_keyword_inputs_and_tuple_outputs() -> None:
     assert torch.equal(inputs[0], x)
     assert torch.equal(outputs[0], out)
     assert math.isfinite(float(out.sum()))
+
+
+@pytest.mark.parametrize("k", [3, 14])  # 2k ≤ d: low-rank factors; 2k > d: the dense complement
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_complement_projection_equals_remove_component_in_either_form(k: int, side: str) -> None:
+    d = 16
+    u = _rotation(d)[:, :k]
+    proj = ComplementProjection(u, dtype=torch.float32)
+    assert (proj.dense is not None) == (2 * k > d)
+    g = torch.randn(5, d) if side == "right" else torch.randn(d, 5)
+    got = proj(g, side)  # type: ignore[arg-type]
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, remove_component(g, u, side), atol=1e-6)  # type: ignore[arg-type]
+    assert relative_component(got, u, side) < 1e-6  # type: ignore[arg-type]

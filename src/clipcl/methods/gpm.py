@@ -52,10 +52,10 @@ from clipcl.errors import ClipclError
 from clipcl.methods.base import Method, MethodConfig, TaskContext
 from clipcl.methods.capture import attention_internals, capture
 from clipcl.methods.projection import (
+    ComplementProjection,
     UpdateProjection,
     accumulate_covariance,
     gpm_basis,
-    remove_component,
 )
 from clipcl.methods.registry import register_method
 from clipcl.models import ClipModel
@@ -245,7 +245,8 @@ class GPM(Method):
         self.layers: dict[str, ProtectedLayer] = {}
         self.hooks: dict[str, nn.Module] = {}
         self.bases: dict[str, torch.Tensor] = {}  # weight name → (d, k) float32 on the CPU
-        self._active: dict[str, torch.Tensor] = {}  # this task's bases, float64 on the device
+        #: this task's projections (I − M Mᵀ), in the weights' dtype on the device
+        self._active: dict[str, ComplementProjection] = {}
         self._update: UpdateProjection | None = None
 
     # ----- hooks -----
@@ -261,7 +262,9 @@ class GPM(Method):
         self._active = {}
         if self.config.project:
             self._active = {
-                name: basis.to(model.device, torch.float64)
+                name: ComplementProjection(
+                    basis, dtype=self.layers[name].weight.dtype, device=model.device
+                )
                 for name, basis in self.bases.items()
                 if basis.shape[1] > 0
             }
@@ -278,11 +281,11 @@ class GPM(Method):
         for name, basis in self._active.items():
             grad = self.layers[name].weight.grad
             if grad is not None:
-                grad.copy_(remove_component(grad, basis))  # G − G M Mᵀ
+                grad.copy_(basis(grad))  # G − G M Mᵀ
 
     def after_step(self) -> None:
         if self._update is not None:
-            self._update.apply(lambda name, delta: remove_component(delta, self._active[name]))
+            self._update.apply(lambda name, delta: self._active[name](delta))
 
     def after_task(self, ctx: TaskContext, loader: DataLoader) -> None:
         if not self.config.project:
