@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/orchestrator.py
 	$(BIN)/python bench/dataloader.py
 	$(BIN)/python bench/zscl.py --arch tiny --batch 32 --captions 15000
+	$(BIN)/python bench/projection.py --arch tiny --batch 32 --images 64 --steps 20
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
