@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from clipcl.data import Benchmark, Task, get_benchmark, register_benchmark
+from clipcl.methods import Method, TaskContext, create_method
+from clipcl.models import ClipModel, build_model
 from clipcl.workers import ChainSpec
 
 # Tests run beside worker subprocesses (and other jobs) on few cores: one torch thread in the
@@ -50,6 +52,28 @@ def tiny_spec(
             "seed": seed,
         }
     )
+
+
+def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> ClipModel:
+    """The packaged tiny CLIP on the CPU in eval mode (random parts seeded by ``seed``)."""
+    torch.manual_seed(seed)
+    model = build_model(tiny_spec().model, torch.device("cpu")).to(dtype)
+    model.eval()
+    return model
+
+
+def method_on(model: ClipModel, name: str, cls: type, **cfg) -> Method:
+    """``create_method(name, cfg)`` checked to be a ``cls``, set up on ``model``."""
+    method = create_method(name, cfg)
+    assert isinstance(method, cls)
+    method.setup(model)
+    return method
+
+
+def cil_context(index: int, task: Task | None = None) -> TaskContext:
+    """The hook context of task ``index`` of ``test-cil`` (or of ``task`` at that index)."""
+    bench = get_benchmark("test-cil")
+    return TaskContext(index=index, task=task or bench.tasks[index], benchmark=bench)
 
 
 def smoke_spec(seed: int = 0, iterations: int = 10) -> ChainSpec:

@@ -12,9 +12,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from clipcl.data import get_benchmark
 from clipcl.errors import ClipclError
-from clipcl.methods import TaskContext, create_method
+from clipcl.methods import create_method
 from clipcl.methods.capture import capture
 from clipcl.methods.dmnsp import DMNSP, lambda_table, top_cosine_distances
 from clipcl.methods.projection import orthonormalize, relative_component
@@ -24,24 +23,17 @@ from clipcl.models.factory import ModelConfig
 from clipcl.results.records import ChainRecords
 from clipcl.workers import run_chain
 from clipcl.workers.train import make_loader, train_task
-from tests.conftest import tiny_spec
+from tests.conftest import cil_context, method_on, tiny_model, tiny_spec
 
 # The tiny CLIP: image tower 3 blocks × width 96, text tower 2 blocks × width 64.
 TINY = {"image": (3, 96), "text": (2, 64)}
 
 
-def _model(seed: int = 0) -> ClipModel:
-    torch.manual_seed(seed)
-    model = build_model(tiny_spec().model, torch.device("cpu"))
-    model.eval()
-    return model
+_model = tiny_model
 
 
 def _dmnsp(model: ClipModel, **cfg) -> DMNSP:
-    method = create_method("dmnsp", cfg)
-    assert isinstance(method, DMNSP)
-    method.setup(model)
-    return method
+    return method_on(model, "dmnsp", DMNSP, **cfg)  # type: ignore[return-value]
 
 
 def _features(model: ClipModel, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,9 +53,7 @@ def _perturb(model: ClipModel, seed: int = 2) -> None:
             p.add_(0.05 * torch.randn(p.shape, generator=g))
 
 
-def _ctx(index: int) -> TaskContext:
-    bench = get_benchmark("test-cil")
-    return TaskContext(index=index, task=bench.tasks[index], benchmark=bench)
+_ctx = cil_context
 
 
 def _visual_weights(method: DMNSP) -> list[tuple[torch.Tensor, torch.Tensor]]:

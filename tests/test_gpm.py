@@ -20,28 +20,21 @@ from clipcl.methods import TaskContext, create_method
 from clipcl.methods.capture import attention_internals, capture
 from clipcl.methods.gpm import GPM
 from clipcl.methods.projection import relative_component
-from clipcl.models import ClipModel, build_model, load_checkpoint
+from clipcl.models import ClipModel, load_checkpoint
 from clipcl.results.records import ChainRecords
 from clipcl.workers import ChainSpec, run_chain
 from clipcl.workers.spec import TrainConfig
 from clipcl.workers.train import make_loader, train_task
-from tests.conftest import tiny_spec
+from tests.conftest import cil_context, method_on, tiny_model, tiny_spec
 
 PREFIX = "visual.transformer.resblocks"
 
 
-def _model(seed: int = 0) -> ClipModel:
-    torch.manual_seed(seed)
-    model = build_model(tiny_spec().model, torch.device("cpu"))
-    model.eval()
-    return model
+_model = tiny_model
 
 
 def _gpm(model: ClipModel, **cfg: Any) -> GPM:
-    method = create_method("gpm", cfg)
-    assert isinstance(method, GPM)
-    method.setup(model)
-    return method
+    return method_on(model, "gpm", GPM, **cfg)  # type: ignore[return-value]
 
 
 def _train(**kw: Any) -> TrainConfig:
@@ -65,9 +58,7 @@ def _run_task(method: GPM, ctx: TaskContext, cfg: TrainConfig) -> None:
     method.after_task(ctx, loader)
 
 
-def _ctx(index: int, task: Task | None = None) -> TaskContext:
-    bench = get_benchmark("test-cil")
-    return TaskContext(index=index, task=task or bench.tasks[index], benchmark=bench)
+_ctx = cil_context
 
 
 def _weights(method: GPM) -> dict[str, torch.Tensor]:

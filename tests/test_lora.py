@@ -20,17 +20,13 @@ from clipcl.results.records import ChainRecords
 from clipcl.workers import run_chain
 from clipcl.workers.chain import seed_everything
 from clipcl.workers.train import make_loader, train_task
-from tests.conftest import tiny_spec
+from tests.conftest import tiny_model, tiny_spec
 
 # The tiny CLIP (models/configs/clipcl-tiny.json): blocks × width per tower, MLP ratio 4.
 TOWERS = {"image": (3, 96), "text": (2, 64)}
 
 
-def _model(seed: int = 0) -> ClipModel:
-    torch.manual_seed(seed)
-    model = build_model(tiny_spec().model, torch.device("cpu"))
-    model.eval()
-    return model
+_model = tiny_model
 
 
 def _lora(model: ClipModel, **cfg) -> LoRAMethod:

@@ -25,30 +25,20 @@ from clipcl.methods.nsp2 import (
     update_projector,
 )
 from clipcl.methods.projection import relative_component
-from clipcl.models import ClipModel, build_model
+from clipcl.models import ClipModel
 from clipcl.models.deep_prompts import add_deep_prompts
 from clipcl.workers import run_chain
 from clipcl.workers.train import make_loader, train_task
-from tests.conftest import tiny_spec
+from tests.conftest import cil_context, method_on, tiny_model, tiny_spec
 
-
-def _model(seed: int = 0, dtype: torch.dtype = torch.float32) -> ClipModel:
-    torch.manual_seed(seed)
-    model = build_model(tiny_spec().model, torch.device("cpu")).to(dtype)
-    model.eval()
-    return model
+_model = tiny_model
 
 
 def _nsp2(model: ClipModel, **cfg) -> NSP2:
-    method = create_method("nsp2", cfg)
-    assert isinstance(method, NSP2)
-    method.setup(model)
-    return method
+    return method_on(model, "nsp2", NSP2, **cfg)  # type: ignore[return-value]
 
 
-def _ctx(index: int) -> TaskContext:
-    bench = get_benchmark("test-cil")
-    return TaskContext(index=index, task=bench.tasks[index], benchmark=bench)
+_ctx = cil_context
 
 
 def _images(n: int = 5) -> torch.Tensor:

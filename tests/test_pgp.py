@@ -12,39 +12,29 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from clipcl.data import get_benchmark
 from clipcl.errors import ClipclError
 from clipcl.methods import TaskContext, create_method
 from clipcl.methods.capture import capture
 from clipcl.methods.pgp import PGP, grow_basis, pca_scores
 from clipcl.methods.projection import projector, relative_component
-from clipcl.models import ClipModel, build_model, load_checkpoint
+from clipcl.models import ClipModel, load_checkpoint
 from clipcl.models.prompt_tuning import add_image_prompt
 from clipcl.results.records import ChainRecords
 from clipcl.workers import run_chain
 from clipcl.workers.train import make_loader, train_task
-from tests.conftest import tiny_spec
+from tests.conftest import cil_context, method_on, tiny_model, tiny_spec
 
 WIDTH = 96  # the tiny image tower's width W
 
 
-def _model(seed: int = 0) -> ClipModel:
-    torch.manual_seed(seed)
-    model = build_model(tiny_spec().model, torch.device("cpu"))
-    model.eval()
-    return model
+_model = tiny_model
 
 
 def _pgp(model: ClipModel, **cfg) -> PGP:
-    method = create_method("pgp", cfg)
-    assert isinstance(method, PGP)
-    method.setup(model)
-    return method
+    return method_on(model, "pgp", PGP, **cfg)  # type: ignore[return-value]
 
 
-def _ctx(index: int) -> TaskContext:
-    bench = get_benchmark("test-cil")
-    return TaskContext(index=index, task=bench.tasks[index], benchmark=bench)
+_ctx = cil_context
 
 
 def _loader(ctx: TaskContext):
