@@ -75,6 +75,18 @@ def test_plan_submit_local_then_resubmit_runs_nothing(tmp_path: Path) -> None:
     assert "4 done" in plan.stdout and "work left: 0 task trainings" in plan.stdout
 
 
+def test_plan_counts_epochs_when_the_sweep_trains_by_epochs(tmp_path: Path) -> None:
+    sweep = tmp_path / "epochs.yaml"
+    sweep.write_text(
+        "name: epochs\nbenchmarks: [smoke]\nmethods: {finetune: {}}\n"
+        "train: {iterations: null, epochs: 2}\nseeds: [0, 1]\n"
+    )
+    plan = clipcl("plan", str(sweep), "--root", str(tmp_path / "runs"))
+    assert plan.returncode == 0, plan.stderr
+    # 2 chains × 3 smoke tasks × 2 epochs; iterations are unknown until the data is read
+    assert "work left: 6 task trainings, 12 task-epochs" in plan.stdout
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_submit_on_a_real_local_ray(tmp_path: Path) -> None:

@@ -134,7 +134,7 @@ def plan(
     table = Table(title=f"sweep {sweep.name}: {len(entries)} chains (root {root})")
     for col in ("chain", "method", "benchmark", "seed", "settings", "tasks", "state"):
         table.add_column(col)
-    left_tasks = left_iters = 0
+    left_tasks = left_iters = left_epochs = 0
     counts: dict[str, int] = {}
     for i, e in enumerate(entries):
         total = len(benchmark_info(e.benchmark).task_names)
@@ -144,6 +144,7 @@ def plan(
         if e.spec.method_name != "zeroshot":
             left_tasks += total - done
             left_iters += (total - done) * (e.spec.train.iterations or 0)
+            left_epochs += (total - done) * (e.spec.train.epochs or 0)
         if i < limit:
             table.add_row(
                 e.chain_id, e.method, e.benchmark, str(e.seed), e.settings_label, str(total), label
@@ -152,7 +153,12 @@ def plan(
     if len(entries) > limit:
         out.print(f"… {len(entries) - limit} more chains (--limit)")
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    out.print(f"{summary}; work left: {left_tasks} task trainings, {left_iters} iterations")
+    amounts = [f"{left_tasks} task trainings"]
+    if left_iters or not left_epochs:
+        amounts.append(f"{left_iters} iterations")
+    if left_epochs:
+        amounts.append(f"{left_epochs} task-epochs")
+    out.print(f"{summary}; work left: {', '.join(amounts)}")
 
 
 def _coordinate(
