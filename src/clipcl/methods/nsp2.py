@@ -263,13 +263,14 @@ class NSP2(Method):
             return
         self.previous = {i: p.tokens.detach().clone() for i, p in self.prompts.items()}
         if self.cov1:
-            for i in self.prompts:
+            for i, prompt in self.prompts.items():  # projectors live beside their prompt
+                dev = prompt.tokens.device
                 self.proj1[i] = update_projector(
                     self.cov1[i], cfg.eta1, cfg.knee_smooth_std, cfg.knee_trim
-                )
+                ).to(dev)
                 self.proj2[i] = update_projector(
                     self.cov2[i], cfg.eta2, cfg.knee_smooth_std, cfg.knee_trim
-                )
+                ).to(dev)
             self._update = UpdateProjection((str(i), p.tokens) for i, p in self.prompts.items())
 
     # ----- training hooks -----
@@ -304,8 +305,8 @@ class NSP2(Method):
     def _project(self, name: str, delta: torch.Tensor) -> torch.Tensor:
         """``[η B2 + (1−η) I] Δ [η B1 + (1−η) I]`` for one block's update Δ (M, D)."""
         i = int(name)
-        p2 = self.proj2[i].to(delta.device)  # (M, M)
-        p1 = self.proj1[i].to(delta.device)  # (D, D)
+        p2 = self.proj2[i]  # (M, M), on the prompt's device
+        p1 = self.proj1[i]  # (D, D)
         return p2 @ delta.to(torch.float64) @ p1  # (M, D)
 
     # ----- after a task -----
