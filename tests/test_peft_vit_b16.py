@@ -1,11 +1,14 @@
 """The prompt modules on a real architecture: ViT-B-16 (random weights, 224 px, 197 tokens of width
-768, text width 512). Adapters on ViT-B-16 are covered in ``test_dmnsp.py``."""
+768, text width 512); adapters on ViT-B-16 are covered in ``test_dmnsp.py``. And a clear refusal of
+architectures the projection methods cannot attach to (a ResNet image tower)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from clipcl.errors import ClipclError
+from clipcl.methods import create_method
 from clipcl.models import ClipModel, ModelConfig, build_model
 from clipcl.models.deep_prompts import add_deep_prompts
 from clipcl.models.prompt_tuning import (
@@ -14,6 +17,8 @@ from clipcl.models.prompt_tuning import (
     encode_with_context,
     phrase_context,
 )
+from clipcl.results.records import ChainRecords
+from clipcl.workers import ChainSpec, run_chain
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +83,26 @@ def test_coop_context_from_the_template_phrase_reproduces_vit_b16_text_features(
         got = encode_with_context(model, ctx, scaffold)  # (2, 512)
         want = model.encode_text(model.tokenize([f"a bad photo of a {n}." for n in names]))
     assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gpm", "nsp2", "pgp", "dmnsp"])
+def test_projection_methods_refuse_a_resnet_image_tower_clearly(name: str) -> None:
+    model = build_model(ModelConfig(arch="RN50", pretrained="none"), torch.device("cpu"))
+    with pytest.raises(ClipclError, match="ViT"):
+        create_method(name, {}).check_model(model)  # before anything runs
+    with pytest.raises(ClipclError, match="ViT"):
+        create_method(name, {}).setup(model)
+
+
+def test_a_chain_refuses_the_model_before_evaluating_anything(tmp_path) -> None:
+    spec = ChainSpec.build(
+        {
+            "model": {"arch": "RN50", "pretrained": "none"},
+            "benchmark": "test-cil",
+            "method": "nsp2",
+            "train": {"iterations": 1},
+        }
+    )
+    with pytest.raises(ClipclError, match="ViT"):
+        run_chain(spec, tmp_path / "chain")
+    assert not ChainRecords(tmp_path / "chain").rows_path.exists()  # no zero-shot row either

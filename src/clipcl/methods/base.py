@@ -72,6 +72,12 @@ class Method:
         self.config = config
         self.model: ClipModel | None = None
 
+    def check_model(self, model: ClipModel) -> None:
+        """Raise ``ClipclError`` if this method cannot work on ``model`` (e.g. it needs a ViT).
+
+        Called before anything runs, so a mismatch costs no evaluation; must not change the model.
+        """
+
     def setup(self, model: ClipModel) -> None:
         """Called once per chain with the freshly built model."""
         self.model = model

@@ -77,7 +77,13 @@ from clipcl.methods.projection import (
 )
 from clipcl.methods.registry import register_method
 from clipcl.models import ClipModel
-from clipcl.models.adapters import Adapter, adapter_parameters, adapters_of, add_adapters
+from clipcl.models.adapters import (
+    Adapter,
+    adapter_parameters,
+    adapters_of,
+    add_adapters,
+    transformer_blocks,
+)
 
 
 class DMNSPConfig(MethodConfig):
@@ -162,6 +168,10 @@ class DMNSP(Method):
         "weight_decay": 0.0,
         "label_smoothing": 0.0,
     }
+
+    def check_model(self, model: ClipModel) -> None:
+        for tower in ("image", "text"):
+            transformer_blocks(model.clip, tower)
 
     def setup(self, model: ClipModel) -> None:
         super().setup(model)

@@ -250,6 +250,9 @@ class GPM(Method):
         self._update: UpdateProjection | None = None
 
     # ----- hooks -----
+    def check_model(self, model: ClipModel) -> None:
+        protected_layers(model, self.config.layers, self.config.blocks)
+
     def setup(self, model: ClipModel) -> None:
         super().setup(model)
         self.layers, self.hooks = protected_layers(model, self.config.layers, self.config.blocks)

@@ -236,6 +236,9 @@ class NSP2(Method):
         self._text: dict[str, torch.Tensor] = {}
 
     # ----- model -----
+    def check_model(self, model: ClipModel) -> None:
+        image_blocks(model.clip.visual)
+
     def setup(self, model: ClipModel) -> None:
         super().setup(model)
         cfg = self.config

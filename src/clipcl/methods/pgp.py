@@ -75,6 +75,7 @@ from clipcl.models.prompt_tuning import (
     encode_with_context,
     phrase_context,
     random_context,
+    require_vit_clip,
 )
 
 CHUNK = 1 << 14  # feature columns per block when forming the images' Gram matrix
@@ -189,6 +190,9 @@ class PGP(Method):
         self.basis: torch.Tensor | None = None  # (W, k) float64; None before task 0 ends
         self._scaffolds: dict[str, Scaffold] = {}
         self._update: UpdateProjection | None = None
+
+    def check_model(self, model: ClipModel) -> None:
+        require_vit_clip(model.clip)
 
     def setup(self, model: ClipModel) -> None:
         super().setup(model)

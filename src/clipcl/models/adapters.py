@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipcl.errors import ClipclError
+
 Tower = Literal["image", "text"]
 TOWERS: tuple[Tower, ...] = ("image", "text")
 
@@ -86,12 +88,19 @@ class _AdapterHooks:
 def transformer_blocks(clip: Any, tower: Tower) -> list[Any]:
     """The residual blocks of ``tower`` of an open_clip ``CLIP`` / ``CustomTextCLIP``, in order."""
     if tower == "image":
-        trunk = clip.visual.transformer
+        trunk = getattr(clip.visual, "transformer", None)
     elif hasattr(clip, "text"):  # CustomTextCLIP keeps its text tower in ``.text``
-        trunk = clip.text.transformer
+        trunk = getattr(clip.text, "transformer", None)
     else:
-        trunk = clip.transformer
-    return list(trunk.resblocks)
+        trunk = getattr(clip, "transformer", None)
+    blocks = getattr(trunk, "resblocks", None)
+    if blocks is None:
+        owner = type(clip.visual if tower == "image" else clip).__name__
+        raise ClipclError(
+            f"adapters need transformer blocks in the {tower} tower; {owner} has none "
+            "(a ViT CLIP such as ViT-B-16 has them, a ResNet image tower does not)"
+        )
+    return list(blocks)
 
 
 def _check_block(block: Any, where: str) -> int:

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipcl.errors import ClipclError
+
 
 class BlockPrompt(nn.Module):
     """The M prompt tokens of one block and the LayerNorm (the block's ``ln_1``) they pass."""
@@ -107,7 +109,10 @@ def image_blocks(visual: nn.Module) -> list[nn.Module]:
     """The residual attention blocks of an open_clip image tower, in order."""
     blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
     if blocks is None:
-        raise ValueError(f"{type(visual).__name__} has no transformer.resblocks (not a ViT tower)")
+        raise ClipclError(
+            f"deep prompts need a ViT image tower; {type(visual).__name__} has no transformer "
+            "blocks (a ViT CLIP such as ViT-B-16 has them, a ResNet image tower does not)"
+        )
     for i, block in enumerate(blocks):
         if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention) or not hasattr(
             block, "ln_1"

@@ -78,7 +78,8 @@ class _InsertPrompt:
         return (self.prompt.insert(args[0]), *args[1:])
 
 
-def _require_clip(clip: Any) -> None:
+def require_vit_clip(clip: Any) -> None:
+    """Refuse (``ClipclError``) a model the prompt modules cannot attach to."""
     visual: Any = getattr(clip, "visual", None)
     if not (hasattr(clip, "token_embedding") and hasattr(visual, "ln_pre")):
         raise ClipclError(
@@ -91,7 +92,7 @@ def _require_clip(clip: Any) -> None:
 
 def add_image_prompt(clip: Any, length: int) -> ImagePrompt:
     """Attach a fresh :class:`ImagePrompt` of ``length`` tokens as ``clip.visual.image_prompt``."""
-    _require_clip(clip)
+    require_vit_clip(clip)
     visual = clip.visual
     pos = visual.positional_embedding  # (1 + N, W)
     prompt = ImagePrompt(length, pos.shape[-1], pos.dtype, pos.device)
@@ -141,7 +142,7 @@ class TaskContexts(nn.Module):
 
 def add_text_contexts(clip: Any) -> TaskContexts:
     """Attach an empty :class:`TaskContexts` as ``clip.text_contexts``."""
-    _require_clip(clip)
+    require_vit_clip(clip)
     contexts = TaskContexts(clip.token_embedding.weight.shape[1])
     clip.add_module("text_contexts", contexts)
     return contexts

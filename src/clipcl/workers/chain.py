@@ -241,6 +241,7 @@ def run_chain(
     seed_everything(spec.seed, -1)  # random-init weights (pretrained: none) depend on the seed
     model = build_model(spec.model, dev)
     method = create_method(spec.method_name, {k: v for k, v in spec.method.items() if k != "name"})
+    method.check_model(model)
     _prepare_run_dir(spec, records)  # only once inputs are known good: bad input writes nothing
     with chain_lock(records.run_dir, spec.chain_id):
         return _run_locked(
