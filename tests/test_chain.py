@@ -66,7 +66,7 @@ def test_corrupted_checkpoint_is_detected_and_its_task_recomputed(tmp_path: Path
     second = run_chain(spec, run_dir)
     assert second.trained_now == [2]  # only the corrupted task was recomputed
     np.testing.assert_array_equal(second.matrix, first.matrix)
-    events = records.load_state()["events"]
+    events = records.load_state().events
     assert events[-1]["event"] == "bad_checkpoint" and events[-1]["task"] == 2
 
 

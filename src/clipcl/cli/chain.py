@@ -98,6 +98,7 @@ def chain_run(
 ) -> None:
     """Run one chain locally (resumes when re-run) and print its matrix and metrics."""
     from clipcl.models import resolve_arch, resolve_pretrained
+    from clipcl.results.records import RunDir
     from clipcl.workers import ChainSpec, run_chain
 
     data: dict[str, Any] = {
@@ -108,7 +109,7 @@ def chain_run(
     }
     spec = ChainSpec.build(data, source="chain run", overrides=overrides)
     resolve_pretrained(resolve_arch(spec.model.arch), spec.model.pretrained)
-    run_dir = root / "chains" / spec.chain_id
+    run_dir = RunDir.of(root, spec.chain_id).path
     with _bars(transient=as_json) as bars:
         result = run_chain(
             spec, run_dir, data_root=data_root, device=device, progress=_RichChainProgress(bars)

@@ -61,8 +61,9 @@ def _chain_model_config(checkpoint: Path, model_arg: str | None) -> Any:
     """How the chain built its model: ``model`` of ``spec.json`` two directories up; without
     one, ``--model`` (default ViT-B-16) with its default weights, as ``chain run`` does."""
     from clipcl.models import ModelConfig, default_pretrained
+    from clipcl.results.records import RunDir
 
-    spec = checkpoint.resolve().parent.parent / "spec.json"
+    spec = RunDir(checkpoint.resolve().parent.parent).spec_path
     if not spec.is_file():
         arch = model_arg or "ViT-B-16"
         return ModelConfig(arch=arch, pretrained=default_pretrained(arch))
@@ -106,13 +107,14 @@ def load_model(checkpoint: str, model_arg: str | None, device: Any):
         load_checkpoint,
     )
     from clipcl.models.factory import ALIASES
+    from clipcl.results.records import RunDir
 
     path = Path(checkpoint).expanduser()
     if path.is_file():
         try:
             state = load_checkpoint(path, map_location="cpu")
         except CheckpointError as exc:
-            if (path.resolve().parent.parent / "spec.json").is_file():  # in a chain's run dir
+            if RunDir(path.resolve().parent.parent).has_spec():  # in a chain's run dir
                 raise ClipclError(f"--checkpoint: {exc}") from None
             state = None  # not a chain checkpoint: maybe weights open_clip can read
         if isinstance(state, dict) and isinstance(state.get("model"), dict):

@@ -24,12 +24,14 @@ def sbatch(
 ) -> None:
     """Write an sbatch array script (element i runs chain i); its results land in the store."""
     import clipcl
-    from clipcl.cli.sweep import _data_root, _load, _records, preflight_data
+    from clipcl.cli.sweep import _data_root, preflight_data
+    from clipcl.orchestrator.plan import plan
     from clipcl.results.store import ResultsStore
     from clipcl.slurm import commands
     from clipcl.slurm.dispatch import write_sbatch_scripts
 
-    sweep, entries, root = _load(sweep_file, root)
+    the_plan = plan(sweep_file, root)
+    sweep, root = the_plan.sweep, the_plan.root
     data_root = _data_root(sweep, data_root)
     preflight_data(sweep, data_root, refuse=True)
     if max_array is None:
@@ -39,11 +41,11 @@ def sbatch(
             max_array = 1001
     with ResultsStore(root) as store:
         store.record_sweep(
-            sweep.name, str(sweep_file), sweep.model_dump(mode="json"), _records(entries)
+            sweep.name, str(sweep_file), sweep.model_dump(mode="json"), the_plan.records()
         )
     written = write_sbatch_scripts(
         sweep,
-        entries,
+        [c.entry for c in the_plan.unfinished],
         root,
         output,
         source=str(sweep_file),

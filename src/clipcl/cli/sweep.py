@@ -8,30 +8,14 @@ so submitting again never runs a chain twice; it dispatches only what is not fin
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.table import Table
 
 from clipcl.cli.common import app, err, out
-from clipcl.errors import ClipclError, did_you_mean
-
-BACKENDS = ("local", "ray", "slurm")
-
-
-def _load(sweep_file: Path, root: Path | None):
-    """(sweep, entries, root) for a sweep file."""
-    from clipcl.sweeps import expand, load_sweep
-
-    sweep = load_sweep(sweep_file)
-    entries = expand(sweep, str(sweep_file))
-    return sweep, entries, (root or Path(sweep.root))
+from clipcl.errors import ClipclError
 
 
 def _data_root(sweep, flag: str | None) -> str | None:
@@ -71,52 +55,6 @@ def preflight_data(sweep, data_root: str | None, *, refuse: bool) -> bool:
     return ok
 
 
-def _records(entries) -> list:
-    from clipcl.data import benchmark_info
-    from clipcl.results.store import ChainRecord
-
-    recs = []
-    for e in entries:
-        info = benchmark_info(e.benchmark)
-        recs.append(
-            ChainRecord(
-                e.chain_id,
-                e.method,
-                e.benchmark,
-                info.protocol,
-                e.seed,
-                dict(e.settings),
-                e.spec.model_dump(mode="json"),
-                len(info.task_names),
-            )
-        )
-    return recs
-
-
-def _disk_progress(root: Path, chain_id: str) -> int:
-    from clipcl.orchestrator.sweep_runner import finished_tasks
-
-    return finished_tasks(root / "chains" / chain_id)
-
-
-def _store_states(root: Path) -> dict[str, dict[str, Any]]:
-    """Chain states in the store, if the root has one (plan never creates it)."""
-    if not (root / "clipcl.sqlite").is_file():
-        return {}
-    from clipcl.results.store import ResultsStore
-
-    with ResultsStore(root) as store:
-        return {row["chain_id"]: row for row in store.chain_progress()}
-
-
-def _state_label(done: int, total: int, stored: dict[str, Any] | None) -> str:
-    if done >= total:
-        return "done"
-    if stored and stored.get("state") in {"running", "queued", "failed", "cancelled"}:
-        return str(stored["state"]) + (f" ({done}/{total})" if done else "")
-    return f"partial ({done}/{total})" if done else "new"
-
-
 @app.command()
 def plan(
     sweep_file: Path = typer.Argument(..., help="Sweep file (YAML)."),
@@ -125,66 +63,35 @@ def plan(
     data_root: str | None = typer.Option(None, "--data-root", help="Root of local datasets."),
 ) -> None:
     """Show the chains of a sweep with their state and the work left; runs nothing."""
-    from clipcl.data import benchmark_info
+    from clipcl.orchestrator.plan import plan as make_plan
 
-    sweep, entries, root = _load(sweep_file, root)
+    the_plan = make_plan(sweep_file, root)
+    sweep = the_plan.sweep
     if not preflight_data(sweep, _data_root(sweep, data_root), refuse=False):
         out.print("[red]submit would be refused: datasets are missing (above)[/]")
-    stored = _store_states(root)
-    table = Table(title=f"sweep {sweep.name}: {len(entries)} chains (root {root})")
+    table = Table(title=f"sweep {sweep.name}: {len(the_plan.chains)} chains (root {the_plan.root})")
     for col in ("chain", "method", "benchmark", "seed", "settings", "tasks", "state"):
         table.add_column(col)
-    left_tasks = left_iters = left_epochs = 0
-    counts: dict[str, int] = {}
-    for i, e in enumerate(entries):
-        total = len(benchmark_info(e.benchmark).task_names)
-        done = _disk_progress(root, e.chain_id)
-        label = _state_label(done, total, stored.get(e.chain_id))
-        counts[label.split(" ")[0]] = counts.get(label.split(" ")[0], 0) + 1
-        if e.spec.method_name != "zeroshot":
-            left_tasks += total - done
-            left_iters += (total - done) * (e.spec.train.iterations or 0)
-            left_epochs += (total - done) * (e.spec.train.epochs or 0)
-        if i < limit:
-            table.add_row(
-                e.chain_id, e.method, e.benchmark, str(e.seed), e.settings_label, str(total), label
-            )
+    for c in the_plan.chains[:limit]:
+        e = c.entry
+        table.add_row(
+            e.chain_id,
+            e.method,
+            e.benchmark,
+            str(e.seed),
+            e.settings_label,
+            str(c.num_tasks),
+            c.state.label,
+        )
     out.print(table)
-    if len(entries) > limit:
-        out.print(f"… {len(entries) - limit} more chains (--limit)")
-    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    amounts = [f"{left_tasks} task trainings"]
-    if left_iters or not left_epochs:
-        amounts.append(f"{left_iters} iterations")
-    if left_epochs:
-        amounts.append(f"{left_epochs} task-epochs")
-    out.print(f"{summary}; work left: {', '.join(amounts)}")
+    if len(the_plan.chains) > limit:
+        out.print(f"… {len(the_plan.chains) - limit} more chains (--limit)")
+    summary = ", ".join(f"{v} {k}" for k, v in the_plan.counts().items())
+    out.print(f"{summary}; work left: {the_plan.work_left().describe()}")
 
 
-def _coordinate(
-    sweep,
-    entries,
-    root: Path,
-    backend_name: str,
-    jobs: int | None,
-    ray_address: str | None,
-    data_root: str | None,
-) -> None:
-    """Run the chains of ``entries`` here, recording every state change in the store."""
-    from clipcl.orchestrator.sweep_runner import SweepChain, make_backend, run_sweep_chains
-
-    chains = [SweepChain(e.chain_id, e.spec, e.spec_tasks) for e in entries]
-    final = run_sweep_chains(
-        sweep.name,
-        chains,
-        root,
-        sweep.resources.model_dump(),
-        make_backend(backend_name, jobs, ray_address),
-        data_root,
-        log=lambda line: err.print(line, highlight=False),
-    )
-    bad = sorted(c for c, s in final.items() if s != "done")
-    err.print(f"coordinator finished: {len(final) - len(bad)} done, {len(bad)} not done")
+def _log_line(line: str) -> None:
+    err.print(line, highlight=False)
 
 
 @app.command()
@@ -202,103 +109,101 @@ def submit(
     data_root: str | None = typer.Option(None, "--data-root", help="Root of local datasets."),
 ) -> None:
     """Record a sweep in the store and dispatch every chain that is not finished."""
+    from clipcl.orchestrator.backends import BackendOptions, backend_class, check_backend_name
+    from clipcl.orchestrator.plan import plan as make_plan
     from clipcl.results.store import ResultsStore
 
-    if backend not in BACKENDS:
-        raise ClipclError(
-            f"--backend '{backend}'{did_you_mean(backend, BACKENDS)}; allowed: "
-            f"{', '.join(BACKENDS)}"
-        )
-    sweep, entries, root = _load(sweep_file, root)
+    check_backend_name(backend)
+    the_plan = make_plan(sweep_file, root, ask_backends=True)
+    sweep, root = the_plan.sweep, the_plan.root
     data_root = _data_root(sweep, data_root)
     preflight_data(sweep, data_root, refuse=True)
     with ResultsStore(root) as store:
         store.record_sweep(
-            sweep.name, str(sweep_file), sweep.model_dump(mode="json"), _records(entries)
+            sweep.name, str(sweep_file), sweep.model_dump(mode="json"), the_plan.records()
         )
         store.ingest_root(root)
-    from clipcl.data import benchmark_info
+    options = BackendOptions(jobs, ray_address, root, sweep, str(sweep_file), data_root)
+    if backend_class(backend).outlives_submitter:
+        _submit_to_scheduler(the_plan, backend, options, follow)
+    else:
+        _submit_to_coordinator(the_plan, backend, options, follow)
 
-    unfinished = [
-        e
-        for e in entries
-        if _disk_progress(root, e.chain_id) < len(benchmark_info(e.benchmark).task_names)
-    ]
-    from clipcl.orchestrator.sweep_runner import owned_by_live_coordinators
 
-    owned = owned_by_live_coordinators(root)
-    todo = [e for e in unfinished if e.chain_id not in owned]
-    if backend == "slurm":
-        _submit_slurm(sweep, todo, root, str(sweep_file), data_root, follow)
-        return
+def _submit_to_coordinator(the_plan, backend: str, options, follow: bool) -> None:
+    """Run the plan's chains under a coordinator: this process (``follow``) or a detached one."""
+    from clipcl.orchestrator.backends import make_backend
+    from clipcl.orchestrator.coordinators import Handoff, start_detached
+    from clipcl.orchestrator.sweep_runner import SweepChain, prepare_jobs, run_sweep_chains
+
+    unfinished, todo = the_plan.unfinished, the_plan.todo
     out.print(
-        f"sweep {sweep.name}: {len(entries)} chains, {len(entries) - len(unfinished)} done, "
+        f"sweep {the_plan.name}: {len(the_plan.chains)} chains, "
+        f"{len(the_plan.chains) - len(unfinished)} done, "
         f"{len(unfinished) - len(todo)} with a live coordinator, {len(todo)} to dispatch"
     )
     if not todo:
         return
-    if follow:
-        _coordinate(sweep, todo, root, backend, jobs, ray_address, data_root)
-        return
-    args = [
-        sys.executable,
-        "-m",
-        "clipcl.cli",
-        "submit",
-        str(sweep_file),
-        "--backend",
+    chains = [SweepChain(c.chain_id, c.entry.spec, c.num_tasks) for c in todo]
+    resources = the_plan.sweep.resources.model_dump()
+    handoff = Handoff(
+        the_plan.name,
+        str(the_plan.root),
         backend,
-        "--root",
-        str(root),
-        "--follow",
-    ]
-    for flag, value in (
-        ("--jobs", jobs),
-        ("--ray-address", ray_address),
-        ("--data-root", data_root),
-    ):
-        if value is not None:
-            args += [flag, str(value)]
-    log = root / "coordinator.log"
-    with open(log, "ab") as fh:
-        proc = subprocess.Popen(
-            args,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+        [c.chain_id for c in chains],
+        resources,
+        options.jobs,
+        options.ray_address,
+        options.data_root,
+    )
+    if follow:
+        final = run_sweep_chains(
+            handoff.sweep,
+            chains,
+            the_plan.root,
+            resources,
+            make_backend(backend, options),
+            options.data_root,
+            log=_log_line,
         )
+        bad = sorted(c for c, s in final.items() if s != "done")
+        err.print(f"coordinator finished: {len(final) - len(bad)} done, {len(bad)} not done")
+        return
+    prepare_jobs(chains, the_plan.root)  # the coordinator reads the specs from the run dirs
+    pid, log = start_detached(handoff)
     out.print(
-        f"dispatched to the {backend} backend by coordinator pid {proc.pid} "
-        f"(log: {log}); follow with `clipcl status {sweep_file}`"
+        f"dispatched to the {backend} backend by coordinator pid {pid} "
+        f"(log: {log}); follow with `clipcl status {the_plan.source}`"
     )
 
 
-def _submit_slurm(
-    sweep, todo, root: Path, source: str, data_root: str | None, follow: bool
-) -> None:
-    """Submit to Slurm and return (or, with ``follow``, wait until the chains end)."""
+def _submit_to_scheduler(the_plan, backend: str, options, follow: bool) -> None:
+    """Submit the plan's chains to a scheduler and return (or, with ``follow``, wait)."""
+    from clipcl.orchestrator.backend import prepare_job
+    from clipcl.orchestrator.backends import make_backend
+    from clipcl.orchestrator.coordinator import follow as follow_handles
+    from clipcl.orchestrator.sweep_runner import StoreRecorder, submit_and_record
     from clipcl.results.store import ResultsStore
-    from clipcl.slurm.dispatch import submit_sweep
 
-    with ResultsStore(root) as store:
-        sub = submit_sweep(sweep, todo, root, store, source=source, data_root=data_root)
-    chains = sorted({r["chain_id"] for r in sub.submitted})
-    arrays = sorted({r["job_id"].split("_")[0] for r in sub.submitted}, key=int)
-    out.print(
-        f"sweep {sweep.name}: {len(todo) - len(sub.live)} chains to submit, "
-        f"{len(sub.live)} with a live Slurm job; submitted {len(chains)} chains as "
-        f"{len(sub.submitted)} jobs (Slurm job ids {', '.join(arrays) or '-'}; partition "
-        f"{sub.partition}, chain_mode {sweep.slurm.chain_mode})"
-    )
-    if not chains:
+    scheduler = make_backend(backend, options)
+    scheduler.preflight()  # before anything is written for it
+    todo = the_plan.todo
+    jobs = [
+        prepare_job(c.entry.spec, the_plan.run_dir(c).path, num_tasks=c.num_tasks) for c in todo
+    ]
+    with ResultsStore(the_plan.root) as store:
+        handles = submit_and_record(scheduler, jobs, store)
+    live = len(the_plan.owned("scheduler"))
+    out.print(f"sweep {the_plan.name}: {scheduler.describe(len(todo), live, handles)}")
+    if not handles:
         return
     if not follow:
-        out.print(f"follow with `clipcl status {source}`; logs: `clipcl logs CHAIN`")
+        out.print(f"follow with `clipcl status {the_plan.source}`; logs: `clipcl logs CHAIN`")
         return
-    from clipcl.slurm.track import wait
-
-    final = wait(root, chains, timeout_s=float("inf"))
+    totals = {c.chain_id: c.num_tasks for c in todo}
+    with ResultsStore(the_plan.root) as store:
+        recorder = StoreRecorder(store, the_plan.root, backend, totals, _log_line)
+        final = follow_handles(handles, recorder, poll_s=2.0, cancel_on_exit=False)
     bad = sorted(c for c, state in final.items() if state != "done")
     err.print(f"slurm chains finished: {len(final) - len(bad)} done, {len(bad)} not done")
 
@@ -326,20 +231,17 @@ def _root_for(sweep: str | None, root: Path | None) -> Path:
     return Path("runs")
 
 
-def _refresh_slurm(store, root: Path) -> bool:
-    """Ask Slurm about the store's queued/running Slurm chains; whether a state changed."""
-    if not any(r["backend"] == "slurm" for r in store.chain_progress()):
-        return False
-    from clipcl.slurm.commands import SlurmError
-    from clipcl.slurm.track import refresh
+def _refresh_backends(store, root: Path) -> bool:
+    """Ask the backends the store names about its active chains; whether a state changed."""
+    from clipcl.orchestrator.backends import refresh_store
 
-    before = {r["chain_id"]: r["state"] for r in store.chain_progress()}
+    before = {r.chain_id: r.state for r in store.chain_progress()}
     try:
-        refresh(store, root)
-    except SlurmError as exc:
-        err.print(f"warning: cannot ask Slurm about job states: {exc}", highlight=False)
+        refresh_store(store, root)
+    except ClipclError as exc:
+        err.print(f"warning: cannot ask the scheduler about job states: {exc}", highlight=False)
         return False
-    return before != {r["chain_id"]: r["state"] for r in store.chain_progress()}
+    return before != {r.chain_id: r.state for r in store.chain_progress()}
 
 
 @app.command()
@@ -350,28 +252,26 @@ def status(
     limit: int = typer.Option(50, "--limit", help="Show at most this many chains."),
 ) -> None:
     """Chains and their states: counts per state and a table of chains."""
-    from clipcl.results.store import ResultsStore
+    from clipcl.orchestrator.coordinator import Backoff
+    from clipcl.orchestrator.state import TERMINAL
+    from clipcl.results.store import DB_NAME, ResultsStore
 
     root = _root_for(sweep, root)
     name, _ = _sweep_name(sweep)
-    if not (root / "clipcl.sqlite").is_file():
+    if not (root / DB_NAME).is_file():
         raise ClipclError(f"no results store under {root} (submit a sweep first, or pass --root)")
-    backoff = None
-    if watch:
-        from clipcl.slurm.track import Backoff
-
-        backoff = Backoff(base=watch, cap=max(watch, 60.0))
-    slurm_wait = 0.0
+    backoff = Backoff(base=watch, cap=max(watch, 60.0)) if watch else None
+    ask_at = 0.0
     while True:
         with ResultsStore(root) as store:
-            if time.monotonic() >= slurm_wait:
-                changed = _refresh_slurm(store, root)
-                slurm_wait = time.monotonic() + (backoff.next(changed) if backoff else 0)
+            if time.monotonic() >= ask_at:
+                changed = _refresh_backends(store, root)
+                ask_at = time.monotonic() + (backoff.next(changed) if backoff else 0)
             store.ingest_root(root)
             rows = store.chain_progress(name)
         counts: dict[str, int] = {}
         for r in rows:
-            counts[r["state"]] = counts.get(r["state"], 0) + 1
+            counts[r.state] = counts.get(r.state, 0) + 1
         summary = f"{name or 'all chains'} under {root}: " + ", ".join(
             f"{v} {k}" for k, v in sorted(counts.items())
         )
@@ -381,19 +281,19 @@ def status(
             table.add_column(col)
         for r in rows[:limit]:
             table.add_row(
-                r["chain_id"],
-                r["method"],
-                r["benchmark"],
-                str(r["seed"]),
-                r["state"],
-                f"{r['tasks_done']}/{r['num_tasks']}",
-                str(r["attempts"]),
-                str(r["job_id"] or ""),
+                r.chain_id,
+                r.method,
+                r.benchmark,
+                str(r.seed),
+                r.state,
+                f"{r.tasks_done}/{r.num_tasks}",
+                str(r.attempts),
+                str(r.job_id or ""),
             )
         out.print(table)
         if len(rows) > limit:
             out.print(f"… {len(rows) - limit} more chains (--limit)")
-        if not watch or all(r["state"] in {"done", "failed", "cancelled"} for r in rows):
+        if not watch or all(r.state in TERMINAL for r in rows):
             return
         time.sleep(watch)
 
@@ -428,10 +328,11 @@ def logs(
     lines: int = typer.Option(100, "--lines", help="Last N lines."),
 ) -> None:
     """The worker log of a chain (stdout and stderr of its job; every Slurm job of it)."""
+    from clipcl.results.records import RunDir
     from clipcl.slurm.logs import chain_log_files
 
     files = chain_log_files(root, chain)
-    log = root / "chains" / chain / "worker.log"
+    log = RunDir.of(root, chain).log_path
     if log.is_file():
         files.append(log)
     if not files:
@@ -445,13 +346,14 @@ def logs(
 
 
 def _chains_of(target: str, root: Path) -> list[str]:
+    from clipcl.results.records import RunDir
     from clipcl.results.store import ResultsStore
 
-    if (root / "chains" / target).is_dir():
+    if RunDir.of(root, target).path.is_dir():
         return [target]
     name, _ = _sweep_name(target)
     with ResultsStore(root) as store:
-        ids = [r["chain_id"] for r in store.chain_progress(name)]
+        ids = [r.chain_id for r in store.chain_progress(name)]
     if not ids:
         raise ClipclError(f"'{target}' is neither a chain under {root} nor a recorded sweep")
     return ids
@@ -463,38 +365,25 @@ def cancel(
     root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
 ) -> None:
     """Stop running chains (their finished tasks are kept; submit again to resume)."""
+    from clipcl.orchestrator.backends import cancel_backend_jobs
+    from clipcl.orchestrator.coordinators import cancel_coordinators
     from clipcl.results.store import ResultsStore
 
     root = root or _root_for(target if Path(target).suffix in {".yaml", ".yml"} else None, None)
     ids = set(_chains_of(target, root))
-    stopped = 0
-    from clipcl.orchestrator.sweep_runner import owned_by_live_coordinators
-
-    for chain_id, pid in owned_by_live_coordinators(root).items():
-        if chain_id in ids:  # the coordinator cancels its jobs on SIGTERM
-            os.kill(pid, signal.SIGTERM)
-            stopped += 1
+    stopped = cancel_coordinators(root, ids)
     with ResultsStore(root) as store:
-        slurm_ids = [
-            r["chain_id"]
-            for r in store.chain_progress()
-            if r["chain_id"] in ids and r["backend"] == "slurm"
-        ]
-        scancelled = 0
-        if slurm_ids:
-            from clipcl.slurm.track import cancel_jobs
-
-            scancelled = cancel_jobs(store, slurm_ids)
+        asked = cancel_backend_jobs(store, root, ids)
         store.ingest_root(root)
         active = [
-            r["chain_id"]
+            r.chain_id
             for r in store.chain_progress()
-            if r["chain_id"] in ids and r["state"] in {"queued", "running", "new"}
+            if r.chain_id in ids and r.state in {"queued", "running", "new"}
         ]
         store.set_states(active, "cancelled")
     out.print(
         f"cancelled {len(active)} chains ({stopped} via their coordinator, "
-        f"{scancelled} Slurm jobs scancelled)"
+        f"{asked} Slurm jobs scancelled)"
     )
 
 
@@ -506,7 +395,8 @@ def retry(
     follow: bool = typer.Option(False, "--follow", help="Stay attached until all chains end."),
     jobs: int | None = typer.Option(None, "--jobs", min=1, help="local: chains at once."),
 ) -> None:
-    """Dispatch the failed and cancelled chains of a sweep again (they resume)."""
+    """Submit the sweep again: every unfinished chain that nobody runs is dispatched (failed,
+    cancelled, partial and new ones); finished tasks are kept and the chains resume."""
     submit(
         sweep_file,
         backend=backend,

@@ -4,19 +4,18 @@ Owns :class:`Resources` and :class:`ChainJob` (one chain to run in its run direc
 states, the :class:`JobHandle` and :class:`Backend` protocols (shaped like
 ``concurrent.futures`` / submitit executors and jobs) and :class:`ChainFailed`. Backends run
 the worker of :mod:`clipcl.workers` — as a subprocess or inside a framework's worker — which
-reads ``run_dir/spec.json``; :func:`prepare_job` writes that file.
+reads the chain's ``spec.json``; :func:`prepare_job` writes that file.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
-from clipcl.durable import atomic_write_json
 from clipcl.errors import ClipclError, did_you_mean
+from clipcl.results.records import RunDir
 
 if TYPE_CHECKING:
     from clipcl.workers.spec import ChainSpec
@@ -86,12 +85,18 @@ class Resources:
 
 @dataclass(frozen=True)
 class ChainJob:
-    """One chain for a backend: its id, run directory (holding ``spec.json``) and needs."""
+    """One chain for a backend: its id, run directory (holding ``spec.json``) and needs.
+
+    ``num_tasks`` and ``tasks_done`` (the chain's progress when it was planned) let a
+    scheduler split the chain into per-task jobs; ``None`` when unknown.
+    """
 
     chain_id: str
     run_dir: Path
     resources: Resources = Resources()
     data_root: str | None = None
+    num_tasks: int | None = None
+    tasks_done: int = 0
 
 
 class JobHandle(Protocol):
@@ -128,11 +133,22 @@ class JobHandle(Protocol):
         """Stop the job; the chain stays resumable from its last finished task."""
         ...
 
+    def records(self) -> list[dict[str, Any]]:
+        """The scheduler jobs behind this handle, to keep in the store's jobs table (job_id,
+        chain_id, backend, first_task, last_task, log_dir); ``[]`` for jobs that live only as
+        long as their coordinator."""
+        ...
+
 
 class Backend(Protocol):
-    """Runs chains somewhere (like ``concurrent.futures.Executor``)."""
+    """Runs chains somewhere (like ``concurrent.futures.Executor``).
+
+    ``outlives_submitter``: the backend's jobs keep running when the submitting process exits
+    (a scheduler such as Slurm); otherwise a coordinator process must stay with them.
+    """
 
     name: str
+    outlives_submitter: bool
 
     def submit(self, jobs: Sequence[ChainJob]) -> list[JobHandle]:
         """Start (or queue) every job; return one handle per job, in order."""
@@ -148,29 +164,16 @@ def prepare_job(
     run_dir: str | Path,
     resources: Resources | None = None,
     data_root: str | None = None,
+    num_tasks: int | None = None,
 ) -> ChainJob:
     """Write ``run_dir/spec.json`` (unless it already holds this chain) and describe the job.
 
     Raises:
         ClipclError: ``run_dir`` holds another chain or cannot be written.
     """
-    from clipcl.workers.spec import ChainSpec
-
-    run_dir = Path(run_dir)
-    spec_path = run_dir / "spec.json"
-    if spec_path.is_file():
-        try:
-            other = ChainSpec.model_validate(json.loads(spec_path.read_text()))
-        except ValueError as exc:
-            raise ClipclError(f"{spec_path}: not a chain spec: {exc}") from None
-        if other.chain_id != spec.chain_id:
-            raise ClipclError(
-                f"{run_dir} holds chain {other.chain_id}, not {spec.chain_id}; "
-                "use another run directory"
-            )
-    else:
-        try:
-            atomic_write_json(spec_path, spec.model_dump(mode="json"))
-        except OSError as exc:
-            raise ClipclError(f"cannot write {spec_path}: {exc.strerror or exc}") from None
-    return ChainJob(spec.chain_id, run_dir, resources or Resources(), data_root)
+    records = RunDir(run_dir)
+    records.place_spec(spec, num_tasks)
+    done = records.tasks_done()
+    return ChainJob(
+        spec.chain_id, Path(run_dir), resources or Resources(), data_root, num_tasks, done
+    )

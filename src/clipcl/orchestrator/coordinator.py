@@ -25,6 +25,19 @@ from clipcl.orchestrator.backend import (
 EventCallback = Callable[[str, JobState, str | None], None]
 
 
+class Backoff:
+    """Intervals that grow by ``factor`` while nothing changes, back to ``base`` on a change."""
+
+    def __init__(self, base: float = 5.0, factor: float = 1.5, cap: float = 60.0) -> None:
+        self.base, self.factor, self.cap = base, factor, cap
+        self.current = base
+
+    def next(self, changed: bool) -> float:
+        """The wait before the next query."""
+        self.current = self.base if changed else min(self.cap, self.current * self.factor)
+        return self.current
+
+
 def _detail(handle: JobHandle, state: JobState) -> str | None:
     """What to report with a state: the job id when running, the error when it failed."""
     if state == "running":
@@ -82,13 +95,30 @@ def run_jobs(
     duplicates = sorted(cid for cid, n in Counter(j.chain_id for j in jobs).items() if n > 1)
     if duplicates:
         raise ClipclError(f"chains submitted twice: {', '.join(duplicates)}")
+    return follow(backend.submit(jobs), on_event, poll_s, stop)
+
+
+def follow(
+    handles: Sequence[JobHandle],
+    on_event: EventCallback,
+    poll_s: float = 1.0,
+    stop: threading.Event | None = None,
+    cancel_on_exit: bool = True,
+) -> dict[str, JobState]:
+    """Poll ``handles`` until each is done, failed or cancelled (see :func:`run_jobs`).
+
+    ``cancel_on_exit``: cancel unfinished jobs when ``stop`` is set or an exception (Ctrl-C)
+    ends the loop; ``False`` for jobs that live on without this process (a scheduler's): then
+    ``stop`` only ends the loop.
+    """
     stop = stop or threading.Event()
-    handles = backend.submit(jobs)
     last: dict[str, JobState | None] = {h.chain_id: None for h in handles}
     cancelled = False
     try:
         _poll(handles, last, on_event)
         while _unfinished(last):
+            if stop.is_set() and not cancel_on_exit:
+                break
             if stop.is_set() and not cancelled:
                 _cancel_all(handles)
                 cancelled = True
@@ -98,7 +128,8 @@ def run_jobs(
                 stop.wait(poll_s)  # wakes early when asked to stop
             _poll(handles, last, on_event)
     except BaseException:
-        _cancel_all(handles)
+        if cancel_on_exit:
+            _cancel_all(handles)
         raise
     return {cid: s for cid, s in last.items() if s is not None}
 

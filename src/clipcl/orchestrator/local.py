@@ -31,8 +31,9 @@ from clipcl.orchestrator.backend import (
     JobHandle,
     JobState,
 )
+from clipcl.orchestrator.backends import BackendOptions
+from clipcl.results.records import RunDir
 
-LOG_FILE = "worker.log"
 GRACE_S = 10.0  # SIGTERM → SIGKILL
 
 
@@ -97,7 +98,7 @@ class LocalJob:
     @property
     def log_path(self) -> Path:
         """Where the worker's output goes."""
-        return Path(self.job.run_dir) / LOG_FILE
+        return RunDir(self.job.run_dir).log_path
 
     def state(self) -> JobState:
         """The job's current state."""
@@ -121,6 +122,10 @@ class LocalJob:
         """Drop the job if queued; else SIGTERM its process group (SIGKILL after a grace)."""
         self._backend._cancel(self)
 
+    def records(self) -> list[dict[str, Any]]:
+        """None: a local job lives only as long as its coordinator."""
+        return []
+
     def signal_group(self, sig: int) -> None:
         """Send ``sig`` to the worker's process group if it is still running."""
         proc = self._proc
@@ -142,6 +147,7 @@ class LocalBackend:
     """
 
     name = "local"
+    outlives_submitter = False
 
     def __init__(
         self, max_parallel: int | None = None, gpus: Sequence[int | str] | None = None
@@ -156,6 +162,21 @@ class LocalBackend:
         self._running: list[LocalJob] = []
         self._all: list[LocalJob] = []
         self._closed = False
+
+    @classmethod
+    def from_options(cls, options: BackendOptions) -> LocalBackend:
+        """The backend for a submission: ``options.jobs`` chains at once."""
+        return cls(max_parallel=options.jobs)
+
+    @staticmethod
+    def refresh(store: Any, root: Path, chain_ids: Any = None) -> dict[str, str]:
+        """Nothing to ask: the coordinator running local jobs records their states."""
+        return {}
+
+    @staticmethod
+    def cancel_chains(store: Any, root: Path, chain_ids: Any) -> int:
+        """Local jobs are cancelled through their coordinator (see ``cancel_coordinators``)."""
+        return 0
 
     def __enter__(self) -> LocalBackend:
         return self

@@ -23,9 +23,8 @@ from clipcl.orchestrator.backend import (
     JobHandle,
     JobState,
 )
-
-PID_FILE = "worker.pid"
-LOG_FILE = "worker.log"
+from clipcl.orchestrator.backends import BackendOptions
+from clipcl.results.records import RunDir
 
 
 def _ray() -> Any:
@@ -50,7 +49,7 @@ def chain_task(run_dir: str, data_root: str | None, threads: int, gpus: int) -> 
 
     device = "cpu" if gpus == 0 else None
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(run_dir) / LOG_FILE, "a", encoding="utf-8") as log:
+    with open(RunDir(run_dir).log_path, "a", encoding="utf-8") as log:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         print(f"--- {stamp} ray worker pid {os.getpid()}", file=log, flush=True)
         return run_chain_dir(
@@ -59,12 +58,8 @@ def chain_task(run_dir: str, data_root: str | None, threads: int, gpus: int) -> 
 
 
 def _pid_snapshot(run_dir: Path) -> tuple[int, str] | None:
-    """(mtime in ns, content) of ``worker.pid``, or ``None`` when absent."""
-    path = Path(run_dir) / PID_FILE
-    try:
-        return path.stat().st_mtime_ns, path.read_text()
-    except OSError:
-        return None
+    """(mtime in ns, content) of the chain's PID file, or ``None`` when absent."""
+    return RunDir(run_dir).pid_snapshot()
 
 
 def _describe(exc: BaseException) -> str:
@@ -154,6 +149,10 @@ class RayJob:
         self._cancel_requested = True
         _ray().cancel(self._ref, force=True)
 
+    def records(self) -> list[dict[str, Any]]:
+        """None: a Ray task lives only as long as its coordinator's Ray driver."""
+        return []
+
     def _collect(self) -> None:
         """Fetch the ready task's outcome into the handle's state."""
         ray = _ray()
@@ -188,6 +187,7 @@ class RayBackend:
     """
 
     name = "ray"
+    outlives_submitter = False
 
     def __init__(
         self,
@@ -203,6 +203,21 @@ class RayBackend:
         if not ray.is_initialized():
             ray.init(**self._init_kwargs(address, ray_init_kwargs or {}))
             self.started_ray = True
+
+    @classmethod
+    def from_options(cls, options: BackendOptions) -> RayBackend:
+        """The backend for a submission: join ``options.ray_address`` or start a local Ray."""
+        return cls(address=options.ray_address)
+
+    @staticmethod
+    def refresh(store: Any, root: Path, chain_ids: Any = None) -> dict[str, str]:
+        """Nothing to ask: the coordinator running the Ray tasks records their states."""
+        return {}
+
+    @staticmethod
+    def cancel_chains(store: Any, root: Path, chain_ids: Any) -> int:
+        """Ray tasks are cancelled through their coordinator (see ``cancel_coordinators``)."""
+        return 0
 
     @staticmethod
     def _init_kwargs(address: str | None, extra: dict[str, Any]) -> dict[str, Any]:

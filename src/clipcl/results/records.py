@@ -1,28 +1,47 @@
-"""Durable per-chain records in the chain's run directory, written by the worker.
+"""A chain's run directory and its durable records: :class:`RunDir` owns every file in it.
 
-Layout of ``<run_dir>``::
+Layout of ``<root>/chains/<chain_id>/``::
 
-    spec.json        the resolved ChainSpec (written once)
+    spec.json        the resolved ChainSpec (written once, before the chain first runs)
     rows.jsonl       evaluation rows, appended + fsynced after each task (last write wins)
-    state.json       finished tasks and their checkpoint checksums (atomic replace)
+    state.json       finished tasks, their checkpoint checksums, the number of tasks
+                     (atomic replace; read and written as a typed :class:`ChainState`)
     ckpt/task_KKK.pt checkpoints (atomic, SHA-256 in state.json)
+    .lock            flock held by the one process that trains the chain
+    worker.pid       the PID of the worker holding the lock
+    worker.log       the worker's stdout/stderr (local and Ray backends)
 
 A task counts as finished only once it is in ``state.json``; that is written after its checkpoint
-and its rows, so a crash at any point loses at most the task in progress.
+and its rows, so a crash at any point loses at most the task in progress. No other module names
+these files: they ask a :class:`RunDir` for the path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
-from dataclasses import asdict, dataclass
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from clipcl.durable import append_lines_durably, atomic_write_json
+from clipcl.durable import append_lines_durably, atomic_write_bytes, atomic_write_json
+from clipcl.errors import ClipclError
 
 ZEROSHOT = -1  # ``trained_task`` of the rows measured before the first task
+
+CHAINS_DIR = "chains"
+SPEC_FILE = "spec.json"
+ROWS_FILE = "rows.jsonl"
+STATE_FILE = "state.json"
+CKPT_DIR = "ckpt"
+LOCK_FILE = ".lock"
+PID_FILE = "worker.pid"
+LOG_FILE = "worker.log"
 
 
 @dataclass(frozen=True)
@@ -45,30 +64,210 @@ class EvalRow:
         return json.dumps({**asdict(self), "top1": self.top1}, sort_keys=True)
 
 
-class ChainRecords:
-    """Reader/writer of one chain's durable records."""
+@dataclass
+class TaskRecord:
+    """A finished task: its checkpoint (relative path, ``None`` once pruned) and timings."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.rows_path = self.run_dir / "rows.jsonl"
-        self.state_path = self.run_dir / "state.json"
-        self.spec_path = self.run_dir / "spec.json"
+    checkpoint: str | None = None
+    sha256: str | None = None
+    seconds: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass
+class ChainState:
+    """The typed content of ``state.json``.
+
+    Attributes:
+        completed: Finished task index → its record.
+        zeroshot_done: Whether the zero-shot rows are written.
+        num_tasks: The chain's number of tasks (``None`` in records older than this field).
+        events: Things worth keeping that happened to the chain (e.g. a bad checkpoint).
+    """
+
+    completed: dict[int, TaskRecord] = field(default_factory=dict)
+    zeroshot_done: bool = False
+    num_tasks: int | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def tasks_done(self) -> int:
+        """How many tasks are finished."""
+        return len(self.completed)
+
+    @property
+    def finished(self) -> bool:
+        """Whether every task is finished (unknown ``num_tasks``: not known to be)."""
+        return self.num_tasks is not None and self.tasks_done >= self.num_tasks
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ChainState:
+        """Parse ``state.json`` content.
+
+        Raises:
+            ValueError: The content is not a chain state.
+        """
+        if not isinstance(data, Mapping) or not isinstance(data.get("completed", {}), Mapping):
+            raise ValueError(f"not a chain state: {str(data)[:80]!r}")
+        known = TaskRecord.__dataclass_fields__
+        completed = {
+            int(k): TaskRecord(**{f: v[f] for f in known if f in v})
+            for k, v in data.get("completed", {}).items()
+        }
+        num = data.get("num_tasks")
+        return cls(
+            completed,
+            bool(data.get("zeroshot_done", False)),
+            int(num) if num is not None else None,
+            list(data.get("events", [])),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``state.json`` content (task indices as string keys, as JSON requires)."""
+        out: dict[str, Any] = {
+            "completed": {str(k): asdict(v) for k, v in sorted(self.completed.items())},
+            "zeroshot_done": self.zeroshot_done,
+        }
+        if self.num_tasks is not None:
+            out["num_tasks"] = self.num_tasks
+        if self.events:
+            out["events"] = self.events
+        return out
+
+
+class ChainBusy(ClipclError):
+    """Another process holds the chain's lock."""
+
+
+class _Spec(Protocol):
+    """What :meth:`RunDir.place_spec` needs of a chain spec (a ``ChainSpec``)."""
+
+    @property
+    def chain_id(self) -> str: ...
+
+    def model_dump(self, *, mode: str) -> dict[str, Any]: ...
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> _Spec: ...
+
+
+_HELD: set[Path] = set()  # run dirs whose lock this process holds (the lock is re-entrant)
+
+
+class RunDir:
+    """One chain's run directory: its paths, records, lock and PID file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.run_dir = self.path  # the name older callers use
+        self.spec_path = self.path / SPEC_FILE
+        self.rows_path = self.path / ROWS_FILE
+        self.state_path = self.path / STATE_FILE
+        self.lock_path = self.path / LOCK_FILE
+        self.pid_path = self.path / PID_FILE
+        self.log_path = self.path / LOG_FILE
+
+    @classmethod
+    def of(cls, root: str | Path, chain_id: str) -> RunDir:
+        """The run directory of ``chain_id`` under the run root ``root``."""
+        return cls(Path(root) / CHAINS_DIR / chain_id)
+
+    @staticmethod
+    def chains_dir(root: str | Path) -> Path:
+        """The folder holding every chain's run directory of a run root."""
+        return Path(root) / CHAINS_DIR
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
 
     def checkpoint_path(self, task_index: int) -> Path:
-        return self.run_dir / "ckpt" / f"task_{task_index:03d}.pt"
+        return self.path / CKPT_DIR / f"task_{task_index:03d}.pt"
+
+    # ----- spec -----
+    def has_spec(self) -> bool:
+        """Whether ``spec.json`` exists."""
+        return self.spec_path.is_file()
+
+    def read_spec(self) -> dict[str, Any]:
+        """The raw ``spec.json`` object.
+
+        Raises:
+            ClipclError: It is missing, unreadable or not a JSON object.
+        """
+        try:
+            data = json.loads(self.spec_path.read_text())
+        except FileNotFoundError:
+            raise ClipclError(
+                f"{self.spec_path}: no chain spec (the coordinator writes it)"
+            ) from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ClipclError(f"{self.spec_path}: cannot read the chain spec: {exc}") from None
+        if not isinstance(data, dict):
+            raise ClipclError(
+                f"{self.spec_path}: expected a JSON object, got {type(data).__name__}"
+            )
+        return data
+
+    def place_spec(self, spec: _Spec, num_tasks: int | None = None) -> None:
+        """Write ``spec.json`` unless the directory already holds this chain.
+
+        ``num_tasks`` (when given) is recorded in ``state.json`` too, so the chain's progress
+        can be judged from its records alone.
+
+        Raises:
+            ClipclError: The directory holds another chain or cannot be written.
+        """
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ClipclError(
+                f"cannot create the run directory {self.path}: {exc.strerror or exc}"
+            ) from None
+        if self.spec_path.is_file():
+            try:
+                other = type(spec).model_validate(json.loads(self.spec_path.read_text()))
+            except ValueError as exc:
+                raise ClipclError(f"{self.spec_path}: not a chain spec: {exc}") from None
+            if other.chain_id != spec.chain_id:
+                raise ClipclError(
+                    f"{self.path} holds chain {other.chain_id}, not {spec.chain_id}; "
+                    "use another run directory"
+                )
+        else:
+            try:
+                atomic_write_json(self.spec_path, spec.model_dump(mode="json"))
+            except OSError as exc:
+                raise ClipclError(f"cannot write {self.spec_path}: {exc.strerror or exc}") from None
+        if num_tasks is not None:
+            self.record_num_tasks(num_tasks)
+
+    def record_num_tasks(self, num_tasks: int) -> None:
+        """Store the number of tasks in ``state.json`` (once; a no-op when it is there)."""
+        state = self.load_state()
+        if state.num_tasks != num_tasks:
+            state.num_tasks = num_tasks
+            self.save_state(state)
 
     # ----- state -----
-    def load_state(self) -> dict[str, Any]:
+    def load_state(self) -> ChainState:
+        """The chain's state (empty when it never ran)."""
         if not self.state_path.is_file():
-            return {"completed": {}, "zeroshot_done": False}
-        return json.loads(self.state_path.read_text())
+            return ChainState()
+        return ChainState.from_json(json.loads(self.state_path.read_text()))
 
-    def save_state(self, state: dict[str, Any]) -> None:
-        atomic_write_json(self.state_path, state)
+    def save_state(self, state: ChainState) -> None:
+        atomic_write_json(self.state_path, state.to_json())
 
-    def completed(self) -> dict[int, dict[str, Any]]:
-        """Finished task index → {"checkpoint": relative path or None, "sha256": ...}."""
-        return {int(k): v for k, v in self.load_state()["completed"].items()}
+    def completed(self) -> dict[int, TaskRecord]:
+        """Finished task index → its record."""
+        return self.load_state().completed
+
+    def tasks_done(self) -> int:
+        """Finished tasks according to the records (0 if it never ran or they are unreadable)."""
+        try:
+            return self.load_state().tasks_done
+        except (OSError, ValueError):
+            return 0
 
     # ----- rows -----
     def append_rows(self, rows: list[EvalRow]) -> None:
@@ -92,8 +291,8 @@ class ChainRecords:
     def finished_rows(self) -> list[EvalRow]:
         """Rows of the zero-shot pass and of finished tasks only."""
         state = self.load_state()
-        done = {int(k) for k in state["completed"]}
-        if state.get("zeroshot_done"):
+        done = set(state.completed)
+        if state.zeroshot_done:
             done.add(ZEROSHOT)
         return [r for r in self.read_rows() if r.trained_task in done]
 
@@ -113,3 +312,68 @@ class ChainRecords:
             if r.trained_task == ZEROSHOT:
                 acc[r.eval_task] = r.top1
         return acc
+
+    # ----- the lock and the worker's PID -----
+    @contextlib.contextmanager
+    def lock(self, chain_id: str) -> Iterator[None]:
+        """Hold an exclusive lock on the run directory: one process trains a chain at a time
+        (a resubmitted or retried chain never runs twice at once). Re-entrant within a
+        process; the kernel drops it when the process dies. Uses ``flock``, which is local to
+        a host on some network filesystems.
+
+        Raises:
+            ChainBusy: another live process holds the chain.
+        """
+        key = self.path.resolve()
+        if key in _HELD:
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = self.read_pid()
+                holder = f"worker pid {pid}" if pid is not None else "another process"
+                raise ChainBusy(f"chain {chain_id} is already running ({holder})") from None
+            _HELD.add(key)
+            try:
+                yield
+            finally:
+                _HELD.discard(key)
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def locked(self) -> bool:
+        """Whether another live process holds the chain's lock (probes without keeping it)."""
+        if not self.lock_path.exists() or self.path.resolve() in _HELD:
+            return False
+        with open(self.lock_path, "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            return False
+
+    def write_pid(self) -> None:
+        """Atomically record this process's PID in ``worker.pid``."""
+        atomic_write_bytes(self.pid_path, f"{os.getpid()}\n".encode())
+
+    def read_pid(self) -> int | None:
+        """The PID in ``worker.pid``, or ``None`` when absent or unreadable."""
+        try:
+            return int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def pid_snapshot(self) -> tuple[int, str] | None:
+        """(mtime in ns, content) of ``worker.pid``, or ``None`` when absent: a change means a
+        new worker started."""
+        try:
+            return self.pid_path.stat().st_mtime_ns, self.pid_path.read_text()
+        except OSError:
+            return None
+
+
+#: The name older code used for :class:`RunDir`.
+ChainRecords = RunDir

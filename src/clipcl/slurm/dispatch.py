@@ -1,8 +1,9 @@
-"""``clipcl submit --backend slurm`` and ``clipcl sbatch``: from sweep entries to Slurm jobs.
+"""Sweep entries to Slurm without a plan: :func:`submit_sweep` and ``clipcl sbatch``'s scripts.
 
-Submission is fire-and-forget: it checks the request (:func:`~clipcl.slurm.preflight.preflight`)
-before anything is submitted, writes each chain's ``spec.json``, submits, and records the job
-ids in the store. Chains with a live Slurm job (queued or running) are never submitted twice.
+``submit_sweep`` is the programmatic form of ``clipcl submit --backend slurm`` (which goes
+through the plan and :class:`~clipcl.slurm.backend.SlurmBackend` like every backend): it checks
+the request before anything is submitted, writes each chain's ``spec.json``, submits, and
+records the job ids in the store. Chains with a live Slurm job are never submitted twice.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from clipcl.orchestrator.backend import prepare_job
-from clipcl.orchestrator.sweep_runner import finished_tasks
+from clipcl.orchestrator.sweep_runner import submit_and_record
+from clipcl.results.records import RunDir
 from clipcl.results.store import ResultsStore
-from clipcl.slurm import commands
+from clipcl.slurm.backend import SlurmBackend
 from clipcl.slurm.commands import Runner, default_runner
-from clipcl.slurm.preflight import preflight
 from clipcl.slurm.script import ScriptChain, render_sbatch
 from clipcl.slurm.track import refresh
 
@@ -49,54 +50,23 @@ def submit_sweep(
     max_array: int | None = None,
     runner: Runner = default_runner,
 ) -> SlurmSubmission:
-    """Submit the unfinished ``entries`` that have no live job; record the jobs.
+    """Submit the unfinished ``entries`` that have no live job through a
+    :class:`~clipcl.slurm.backend.SlurmBackend`; record the jobs.
 
     Raises:
         ClipclError: The preflight failed (nothing submitted) or sbatch refused a submission
         (what was submitted before it is recorded).
     """
-    from clipcl.slurm.submit import SlurmChain, submit_chains
-
-    name = f"clipcl-{sweep.name}"
-    partition = preflight(sweep.slurm, sweep.resources, name, source, runner)
+    backend = SlurmBackend(root, sweep, source, data_root, runner, max_array)
+    partition = backend.preflight()
     live = live_slurm_chains(store, root, runner)
-    todo = []
-    for e in entries:
-        run_dir = root / "chains" / e.chain_id
-        done = finished_tasks(run_dir)
-        if done < e.spec_tasks and e.chain_id not in live:
-            prepare_job(e.spec, run_dir)
-            todo.append(SlurmChain(e.chain_id, run_dir.resolve(), e.spec_tasks, done))
-    records: list[dict[str, Any]] = []
-    if todo:
-        limit = max_array or commands.max_array_size(runner)
-        try:
-            records = submit_chains(
-                todo,
-                root,
-                sweep.slurm,
-                sweep.resources,
-                name,
-                data_root=data_root,
-                max_array=limit,
-            )
-        except commands.SlurmError as exc:
-            records = getattr(exc, "submitted", [])
-            _record(store, records)
-            raise
-        _record(store, records)
-    return SlurmSubmission(records, sorted(live), partition)
-
-
-def _record(store: ResultsStore, records: list[dict[str, Any]]) -> None:
-    if not records:
-        return
-    store.record_jobs(records)
-    first: dict[str, str] = {}
-    for r in records:
-        first.setdefault(r["chain_id"], r["job_id"])
-    for chain_id, job_id in first.items():
-        store.set_state(chain_id, "queued", backend="slurm", job_id=job_id)
+    jobs = [
+        prepare_job(e.spec, RunDir.of(root, e.chain_id).path, num_tasks=e.spec_tasks)
+        for e in entries
+        if e.chain_id not in live and RunDir.of(root, e.chain_id).tasks_done() < e.spec_tasks
+    ]
+    handles = submit_and_record(backend, jobs, store)
+    return SlurmSubmission([r for h in handles for r in h.records()], sorted(live), partition)
 
 
 def write_sbatch_scripts(
@@ -116,9 +86,9 @@ def write_sbatch_scripts(
     ``max_array`` (``out`` then gets ``.partK`` before its suffix).
     """
     root = root.resolve()
-    todo = [e for e in entries if finished_tasks(root / "chains" / e.chain_id) < e.spec_tasks]
+    todo = [e for e in entries if RunDir.of(root, e.chain_id).tasks_done() < e.spec_tasks]
     for e in todo:
-        prepare_job(e.spec, root / "chains" / e.chain_id)
+        prepare_job(e.spec, RunDir.of(root, e.chain_id).path, num_tasks=e.spec_tasks)
     parts = [todo[i : i + max_array] for i in range(0, len(todo), max_array)]
     written: list[tuple[Path, int]] = []
     for k, part in enumerate(parts, start=1):

@@ -3,7 +3,7 @@
 Nothing stays attached to a Slurm submission: ``clipcl status`` (and ``submit``, ``cancel``)
 call :func:`refresh`, which asks Slurm about every job of the chains still queued or running
 in one batched query, then combines those job states with what the workers wrote on disk.
-:class:`Backoff` spaces out the queries of a long ``status --watch``.
+:class:`~clipcl.orchestrator.coordinator.Backoff` spaces out the queries of a long wait.
 """
 
 from __future__ import annotations
@@ -13,26 +13,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from clipcl.orchestrator.coordinator import Backoff
+from clipcl.orchestrator.state import ACTIVE, reconcile
+from clipcl.results.records import RunDir
 from clipcl.results.store import ResultsStore
 from clipcl.slurm.commands import Runner, default_runner, job_states, scancel
 
-ACTIVE = frozenset({"queued", "running"})
 
-
-class Backoff:
-    """Intervals that grow by ``factor`` while nothing changes, back to ``base`` on a change."""
-
-    def __init__(self, base: float = 5.0, factor: float = 1.5, cap: float = 60.0) -> None:
-        self.base, self.factor, self.cap = base, factor, cap
-        self.current = base
-
-    def next(self, changed: bool) -> float:
-        """The wait before the next query."""
-        self.current = self.base if changed else min(self.cap, self.current * self.factor)
-        return self.current
-
-
-def _latest(jobs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def latest_jobs(jobs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """chain id → its jobs of the most recent submission (ordered by first task)."""
     by_chain: dict[str, list[dict[str, Any]]] = {}
     for j in jobs:
@@ -47,20 +35,20 @@ def _latest(jobs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def chain_state(jobs: list[dict[str, Any]], done_tasks: int, num_tasks: int) -> tuple[str, str]:
-    """(state, detail) of a chain from its latest jobs' states and its finished tasks."""
-    if done_tasks >= num_tasks:
+    """(state, detail) of a chain from its latest jobs' states and its finished tasks
+    (:func:`~clipcl.orchestrator.state.reconcile`, with the words ``status`` shows)."""
+    judged = reconcile([j["state"] for j in jobs], done_tasks, num_tasks)
+    state = "failed" if judged.state == "new" else judged.state
+    if state == "done":
         return "done", ""
-    states = [j["state"] for j in jobs]
-    for state in ("running", "queued"):
-        if state in states:
-            return state, jobs[states.index(state)]["job_id"]
-    for state in ("failed", "cancelled"):
-        if state in states:
-            job = jobs[states.index(state)]
-            return state, (
-                f"Slurm job {job['job_id']} {state} after {done_tasks}/{num_tasks} tasks "
-                f"(clipcl logs {job['chain_id']}); submit again to resume"
-            )
+    job = jobs[judged.job] if judged.job is not None else None
+    if state in ("running", "queued"):
+        return state, str(job["job_id"]) if job else ""
+    if job is not None and job["state"] in ("failed", "cancelled"):
+        return state, (
+            f"Slurm job {job['job_id']} {job['state']} after {done_tasks}/{num_tasks} tasks "
+            f"(clipcl logs {job['chain_id']}); submit again to resume"
+        )
     last = jobs[-1]["job_id"] if jobs else "?"
     return "failed", (
         f"Slurm job {last} ended after {done_tasks}/{num_tasks} tasks; submit again to resume"
@@ -78,14 +66,12 @@ def refresh(
     Returns chain id → state for every Slurm chain it looked at (those queued or running in
     the store, optionally restricted to ``chain_ids``). One sacct call per 400 jobs.
     """
-    from clipcl.orchestrator.sweep_runner import finished_tasks
-
     rows = {r["chain_id"]: r for r in store.chain_progress()}
     wanted = set(chain_ids) if chain_ids is not None else None
     slurm_chains = {
         c for c, r in rows.items() if r["backend"] == "slurm" and (wanted is None or c in wanted)
     }
-    latest = _latest(store.jobs(slurm_chains, backend="slurm"))
+    latest = latest_jobs(store.jobs(slurm_chains, backend="slurm"))
     # chains still active in the store, and finished chains whose last job has not ended yet
     active_chains = {
         c
@@ -102,9 +88,9 @@ def refresh(
         jobs = [
             {**j, "state": states.get(j["job_id"], j["state"])} for j in latest.get(chain_id, [])
         ]
-        run_dir = root / "chains" / chain_id
-        store.ingest_chain(chain_id, run_dir)
-        state, detail = chain_state(jobs, finished_tasks(run_dir), rows[chain_id]["num_tasks"])
+        run_dir = RunDir.of(root, chain_id)
+        store.ingest_chain(chain_id, run_dir.path)
+        state, detail = chain_state(jobs, run_dir.tasks_done(), rows[chain_id]["num_tasks"])
         old = rows[chain_id]["state"]
         if state == "running":
             if old != "running":
@@ -121,7 +107,7 @@ def cancel_jobs(
     """scancel every active job of ``chain_ids`` (one call); return how many were asked."""
     active = [
         j["job_id"]
-        for js in _latest(store.jobs(chain_ids, backend="slurm")).values()
+        for js in latest_jobs(store.jobs(chain_ids, backend="slurm")).values()
         for j in js
         if j["state"] in ACTIVE
     ]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -24,14 +23,11 @@ from typing import Any, TextIO
 
 import torch
 
-from clipcl.durable import atomic_write_bytes
 from clipcl.errors import ClipclError
+from clipcl.results.records import RunDir
 from clipcl.validation import validate
-from clipcl.workers.chain import ChainProgress, chain_lock, run_chain
+from clipcl.workers.chain import ChainProgress, run_chain
 from clipcl.workers.spec import ChainSpec
-
-PID_FILE = "worker.pid"
-SPEC_FILE = "spec.json"
 
 
 class StreamProgress(ChainProgress):
@@ -54,31 +50,10 @@ class StreamProgress(ChainProgress):
         self._say(f"task {index} ({name}) finished; accuracies: {accs}")
 
 
-def write_pid(run_dir: Path) -> None:
-    """Atomically record this process's PID in ``run_dir/worker.pid``."""
-    atomic_write_bytes(Path(run_dir) / PID_FILE, f"{os.getpid()}\n".encode())
-
-
-def read_pid(run_dir: Path) -> int | None:
-    """The PID in ``run_dir/worker.pid``, or ``None`` when absent or unreadable."""
-    try:
-        return int((Path(run_dir) / PID_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 def load_spec(run_dir: Path) -> ChainSpec:
-    """Read and validate ``run_dir/spec.json`` into a ``ChainSpec`` (``ClipclError`` if bad)."""
-    path = Path(run_dir) / SPEC_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ClipclError(f"{path}: no chain spec (the coordinator writes it)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ClipclError(f"{path}: cannot read the chain spec: {exc}") from None
-    if not isinstance(data, dict):
-        raise ClipclError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return validate(ChainSpec, data, str(path))
+    """The validated ``ChainSpec`` in ``run_dir``'s ``spec.json`` (``ClipclError`` if bad)."""
+    records = RunDir(run_dir)
+    return validate(ChainSpec, records.read_spec(), str(records.spec_path))
 
 
 def run_chain_dir(
@@ -110,8 +85,9 @@ def run_chain_dir(
     if not run_dir.is_dir():
         raise ClipclError(f"run directory not found: {run_dir}")
     spec = load_spec(run_dir)
-    with chain_lock(run_dir, spec.chain_id):  # before the pid file: a refused worker writes none
-        write_pid(run_dir)
+    records = RunDir(run_dir)
+    with records.lock(spec.chain_id):  # before the pid file: a refused worker writes none
+        records.write_pid()
         if threads is not None and threads > 0:
             torch.set_num_threads(threads)
         result = run_chain(

@@ -10,11 +10,8 @@ Every task is seeded from (seed, k) alone, so a resumed chain is bit-identical o
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +20,6 @@ import numpy as np
 import torch
 
 from clipcl.data import Benchmark, get_benchmark
-from clipcl.durable import atomic_write_json
-from clipcl.errors import ClipclError
 from clipcl.methods import Method, TaskContext, create_method
 from clipcl.models import (
     CheckpointError,
@@ -35,7 +30,7 @@ from clipcl.models import (
 )
 from clipcl.progress import ChainProgress
 from clipcl.results.metrics import cil_metrics, mtil_metrics
-from clipcl.results.records import ZEROSHOT, ChainRecords
+from clipcl.results.records import ZEROSHOT, ChainBusy, RunDir, TaskRecord  # noqa: F401
 from clipcl.workers.evaluate import evaluate
 from clipcl.workers.spec import ChainSpec
 from clipcl.workers.train import make_loader, train_task
@@ -83,44 +78,24 @@ def chain_metrics(protocol: str, matrix: np.ndarray, counts: np.ndarray) -> dict
     return cil_metrics(matrix, counts=list(counts)).to_dict()
 
 
-def _prepare_run_dir(spec: ChainSpec, records: ChainRecords) -> None:
-    try:
-        records.run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ClipclError(
-            f"cannot create the run directory {records.run_dir}: {exc.strerror or exc}"
-        ) from None
-    if records.spec_path.is_file():
-        existing = json.loads(records.spec_path.read_text())
-        other = ChainSpec.model_validate(existing)
-        if other.chain_id != spec.chain_id:
-            raise ClipclError(
-                f"{records.run_dir} holds chain {other.chain_id}, not "
-                f"{spec.chain_id}; use another run directory"
-            )
-    else:
-        atomic_write_json(records.spec_path, spec.model_dump(mode="json"))
-
-
-def _resume(records: ChainRecords, model, method: Method, progress: ChainProgress) -> int:
+def _resume(records: RunDir, model, method: Method, progress: ChainProgress) -> int:
     """Restore the latest finished task with a valid checkpoint; return the next task index."""
     state = records.load_state()
-    completed = {int(k): v for k, v in state["completed"].items()}
     start = 0
-    for k in sorted(completed, reverse=True):
-        info = completed[k]
-        if info.get("checkpoint") is None and not method.trains:
+    for k in sorted(state.completed, reverse=True):
+        info = state.completed[k]
+        if info.checkpoint is None and not method.trains:
             start = k + 1
             break
-        if info.get("checkpoint") is None:
+        if info.checkpoint is None:
             continue
         try:
             ckpt = load_checkpoint(
-                records.run_dir / info["checkpoint"], info["sha256"], map_location=model.device
+                records.path / info.checkpoint, info.sha256, map_location=model.device
             )
         except CheckpointError as exc:
             progress.message(f"{exc}; task {k} will be recomputed")
-            state.setdefault("events", []).append(
+            state.events.append(
                 {"event": "bad_checkpoint", "task": k, "detail": str(exc), "time": time.time()}
             )
             continue
@@ -128,26 +103,26 @@ def _resume(records: ChainRecords, model, method: Method, progress: ChainProgres
         method.load_state_dict(ckpt["method"])
         start = k + 1
         break
-    state["completed"] = {str(k): v for k, v in completed.items() if k < start}
+    state.completed = {k: v for k, v in state.completed.items() if k < start}
     records.save_state(state)
     return start
 
 
-def _prune_checkpoints(records: ChainRecords, keep: int) -> None:
+def _prune_checkpoints(records: RunDir, keep: int) -> None:
     if keep <= 0:
         return
     state = records.load_state()
-    with_ckpt = sorted(int(k) for k, v in state["completed"].items() if v.get("checkpoint"))
+    with_ckpt = sorted(k for k, v in state.completed.items() if v.checkpoint)
     for k in with_ckpt[:-keep]:
-        (records.run_dir / state["completed"][str(k)]["checkpoint"]).unlink(missing_ok=True)
-        state["completed"][str(k)]["checkpoint"] = None
+        (records.path / str(state.completed[k].checkpoint)).unlink(missing_ok=True)
+        state.completed[k].checkpoint = None
     records.save_state(state)
 
 
 def load_result(
     spec: ChainSpec,
     benchmark: Benchmark,
-    records: ChainRecords,
+    records: RunDir,
     trained_now: list[int] | None = None,
 ) -> ChainResult:
     """Assemble the accuracy matrix and metrics from a chain's durable records."""
@@ -167,57 +142,14 @@ def load_result(
     return result
 
 
-_HELD: set[Path] = set()  # run dirs whose lock this process holds (the lock is re-entrant)
-
-
-@contextlib.contextmanager
-def chain_lock(run_dir: Path, chain_id: str) -> Iterator[None]:
-    """Hold an exclusive lock on the chain's run directory: one process trains a chain at a time
-    (a resubmitted or retried chain never runs twice at once). Re-entrant within a process; the
-    kernel drops it when the process dies. Uses ``flock``, which is local to a host on some
-    network filesystems.
-
-    Raises:
-        ChainBusy: another live process holds the chain.
-    """
-    run_dir = Path(run_dir).resolve()
-    if run_dir in _HELD:
-        yield
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = f"worker pid {int((run_dir / 'worker.pid').read_text().strip())}"
-            except (OSError, ValueError):
-                holder = "another process"
-            raise ChainBusy(f"chain {chain_id} is already running ({holder})") from None
-        _HELD.add(run_dir)
-        try:
-            yield
-        finally:
-            _HELD.discard(run_dir)
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+def chain_lock(run_dir: Path, chain_id: str) -> contextlib.AbstractContextManager[None]:
+    """The chain's lock (see :meth:`RunDir.lock`)."""
+    return RunDir(run_dir).lock(chain_id)
 
 
 def chain_locked(run_dir: Path) -> bool:
-    """Whether another live process holds the chain's lock (probes without keeping it)."""
-    lock = Path(run_dir) / ".lock"
-    if not lock.exists() or Path(run_dir).resolve() in _HELD:
-        return False
-    with open(lock, "a+") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-        return False
-
-
-class ChainBusy(ClipclError):
-    """Another process holds the chain's lock."""
+    """Whether another live process holds the chain's lock (see :meth:`RunDir.locked`)."""
+    return RunDir(run_dir).locked()
 
 
 def run_chain(
@@ -235,15 +167,16 @@ def run_chain(
     runs a chain piecewise); ``None`` runs every task.
     """
     progress = progress or ChainProgress()
-    records = ChainRecords(Path(run_dir))
+    records = RunDir(run_dir)
     benchmark = get_benchmark(spec.benchmark, data_root=data_root)
     dev = pick_device(device)
     seed_everything(spec.seed, -1)  # random-init weights (pretrained: none) depend on the seed
     model = build_model(spec.model, dev)
     method = create_method(spec.method_name, {k: v for k, v in spec.method.items() if k != "name"})
     method.check_model(model)
-    _prepare_run_dir(spec, records)  # only once inputs are known good: bad input writes nothing
-    with chain_lock(records.run_dir, spec.chain_id):
+    # only once inputs are known good: bad input writes nothing
+    records.place_spec(spec, len(benchmark.tasks))
+    with records.lock(spec.chain_id):
         return _run_locked(
             spec, records, benchmark, model, method, dev, progress, until_task, data_root
         )
@@ -251,7 +184,7 @@ def run_chain(
 
 def _run_locked(
     spec: ChainSpec,
-    records: ChainRecords,
+    records: RunDir,
     benchmark: Benchmark,
     model: Any,
     method: Method,
@@ -262,7 +195,7 @@ def _run_locked(
 ) -> ChainResult:
     progress.message(
         f"chain {spec.chain_id}: {spec.method_name} on {spec.benchmark} "
-        f"(seed {spec.seed}) → {records.run_dir}"
+        f"(seed {spec.seed}) → {records.path}"
     )
 
     def evaluate_after(index: int) -> list:
@@ -277,11 +210,11 @@ def _run_locked(
             method=None if index == ZEROSHOT else method,
         )
 
-    if not records.load_state().get("zeroshot_done"):
+    if not records.load_state().zeroshot_done:
         progress.message("evaluating the pretrained model (zero-shot row)")
         records.append_rows(evaluate_after(ZEROSHOT))
         state = records.load_state()
-        state["zeroshot_done"] = True
+        state.zeroshot_done = True
         records.save_state(state)
     # After the zero-shot row: that row is the pretrained CLIP, before any prompt or adapter.
     method.setup(model)
@@ -317,7 +250,7 @@ def _run_locked(
 
             train_task(model, method, ctx, spec.train, loader, on_step=on_step)
         method.after_task(ctx, loader)
-        ckpt_info: dict[str, Any] = {"checkpoint": None, "sha256": None}
+        done = TaskRecord()
         if method.trains:
             path = records.checkpoint_path(k)
             sha = save_checkpoint(
@@ -329,15 +262,12 @@ def _run_locked(
                 },
                 path,
             )
-            ckpt_info = {"checkpoint": str(path.relative_to(records.run_dir)), "sha256": sha}
+            done = TaskRecord(str(path.relative_to(records.path)), sha)
         rows = evaluate_after(k)
         records.append_rows(rows)
+        done.seconds, done.finished_at = round(time.time() - t0, 3), time.time()
         state = records.load_state()
-        state["completed"][str(k)] = {
-            **ckpt_info,
-            "seconds": round(time.time() - t0, 3),
-            "finished_at": time.time(),
-        }
+        state.completed[k] = done
         records.save_state(state)
         _prune_checkpoints(records, spec.keep_checkpoints)
         trained_now.append(k)

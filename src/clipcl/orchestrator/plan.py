@@ -1,0 +1,215 @@
+"""``plan(sweep_file, root) -> Plan``: what a sweep's chains have done and what is left to do.
+
+The plan expands the sweep, reads each chain's progress from its records on disk, finds the
+chains a live coordinator or a live scheduler job owns, and judges each chain's state with
+:func:`~clipcl.orchestrator.state.reconcile`. ``clipcl plan``, ``submit``, ``retry`` and
+``sbatch`` print or act on a plan; the detached coordinator is handed the plan's chains.
+Planning never writes anything unless asked to refresh what schedulers say (``ask_backends``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipcl.orchestrator.state import ACTIVE, Reconciled, reconcile
+from clipcl.results.records import RunDir
+
+#: Store states that stand in for a job nobody is asked about (the plan shows them).
+_REMEMBERED = frozenset({"running", "queued", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class PlannedChain:
+    """One chain of a plan.
+
+    Attributes:
+        entry: The chain as the sweep expands it (spec, method, benchmark, seed, settings).
+        state: Its state, judged from its records and what the store remembers of its jobs.
+        owner: Who runs it now: ``coordinator pid N`` or ``<backend> job ID`` (``None``: nobody).
+        owner_kind: ``coordinator`` or ``scheduler`` (``None``: nobody).
+    """
+
+    entry: Any  # ChainEntry
+    state: Reconciled
+    owner: str | None = None
+    owner_kind: str | None = None
+
+    @property
+    def chain_id(self) -> str:
+        return str(self.entry.chain_id)
+
+    @property
+    def num_tasks(self) -> int:
+        return self.state.num_tasks
+
+    @property
+    def tasks_done(self) -> int:
+        return self.state.tasks_done
+
+    @property
+    def finished(self) -> bool:
+        return self.state.finished
+
+    @property
+    def to_dispatch(self) -> bool:
+        """Unfinished and owned by nobody."""
+        return not self.finished and self.owner is None
+
+
+@dataclass(frozen=True)
+class WorkLeft:
+    """Training still to do: task trainings, iterations and task-epochs."""
+
+    tasks: int = 0
+    iterations: int = 0
+    epochs: int = 0
+
+    def describe(self) -> str:
+        amounts = [f"{self.tasks} task trainings"]
+        if self.iterations or not self.epochs:
+            amounts.append(f"{self.iterations} iterations")
+        if self.epochs:
+            amounts.append(f"{self.epochs} task-epochs")
+        return ", ".join(amounts)
+
+
+@dataclass
+class Plan:
+    """A sweep's chains with their progress and owners, under one run root."""
+
+    sweep: Any  # SweepFile
+    source: str
+    root: Path
+    chains: list[PlannedChain] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.sweep.name)
+
+    @property
+    def unfinished(self) -> list[PlannedChain]:
+        return [c for c in self.chains if not c.finished]
+
+    @property
+    def todo(self) -> list[PlannedChain]:
+        """The chains to dispatch: unfinished and owned by nobody."""
+        return [c for c in self.chains if c.to_dispatch]
+
+    def owned(self, kind: str) -> list[PlannedChain]:
+        """Unfinished chains owned by a ``coordinator`` or a ``scheduler`` job."""
+        return [c for c in self.unfinished if c.owner_kind == kind]
+
+    def counts(self) -> dict[str, int]:
+        """Chains per state word (``done``, ``new``, ``partial``, ``failed``, ...)."""
+        return dict(sorted(Counter(c.state.label.split(" ")[0] for c in self.chains).items()))
+
+    def work_left(self) -> WorkLeft:
+        """Training left in every unfinished chain of a method that trains."""
+        tasks = iters = epochs = 0
+        for c in self.chains:
+            if c.entry.spec.method_name == "zeroshot":
+                continue
+            left = c.num_tasks - c.tasks_done
+            tasks += left
+            iters += left * (c.entry.spec.train.iterations or 0)
+            epochs += left * (c.entry.spec.train.epochs or 0)
+        return WorkLeft(tasks, iters, epochs)
+
+    def records(self) -> list[Any]:
+        """Every chain as the store records it (``ChainRecord``)."""
+        return [chain_record(c.entry) for c in self.chains]
+
+    def run_dir(self, chain: PlannedChain) -> RunDir:
+        return RunDir.of(self.root, chain.chain_id)
+
+
+def chain_record(entry: Any) -> Any:
+    """The store's record of a sweep entry (``ChainRecord``)."""
+    from clipcl.data import benchmark_info
+    from clipcl.results.store import ChainRecord
+
+    info = benchmark_info(entry.benchmark)
+    return ChainRecord(
+        entry.chain_id,
+        entry.method,
+        entry.benchmark,
+        info.protocol,
+        entry.seed,
+        dict(entry.settings),
+        entry.spec.model_dump(mode="json"),
+        len(info.task_names),
+    )
+
+
+def load_entries(sweep_file: Path, root: Path | None = None) -> tuple[Any, list[Any], Path]:
+    """(sweep, its expanded entries, the run root) of a sweep file."""
+    from clipcl.sweeps import expand, load_sweep
+
+    sweep = load_sweep(sweep_file)
+    entries = expand(sweep, str(sweep_file))
+    return sweep, entries, (Path(root) if root is not None else Path(sweep.root))
+
+
+def _remembered(root: Path) -> dict[str, Any]:
+    """chain id → the store's row, if the root has a store (planning never creates one)."""
+    from clipcl.results.store import DB_NAME, ResultsStore
+
+    if not (root / DB_NAME).is_file():
+        return {}
+    with ResultsStore(root) as store:
+        return {row.chain_id: row for row in store.chain_progress()}
+
+
+def _refresh_backends(root: Path) -> None:
+    """Ask the schedulers the store names about its active chains (this writes the store)."""
+    from clipcl.orchestrator.backends import refresh_store
+    from clipcl.results.store import DB_NAME, ResultsStore
+
+    if (root / DB_NAME).is_file():
+        with ResultsStore(root) as store:
+            refresh_store(store, root)
+
+
+def plan(
+    sweep_file: Path,
+    root: Path | None = None,
+    *,
+    ask_backends: bool = False,
+) -> Plan:
+    """The plan of a sweep file under ``root`` (default: the sweep's own).
+
+    Args:
+        sweep_file: The sweep (YAML).
+        root: The run root.
+        ask_backends: First ask schedulers (Slurm) about the chains the store says are queued
+            or running, so chains with a live job count as owned (records their answers).
+    """
+    from clipcl.orchestrator.coordinators import live_coordinators
+
+    sweep, entries, root = load_entries(sweep_file, root)
+    if ask_backends:
+        _refresh_backends(root)
+    stored = _remembered(root)
+    coordinators = live_coordinators(root)
+    chains: list[PlannedChain] = []
+    for e in entries:
+        row = stored.get(e.chain_id)
+        remembered = row.state if row is not None and row.state in _REMEMBERED else None
+        judged = reconcile(remembered, RunDir.of(root, e.chain_id).tasks_done(), e.spec_tasks)
+        owner = kind = None
+        if e.chain_id in coordinators:
+            owner, kind = f"coordinator pid {coordinators[e.chain_id]}", "coordinator"
+        elif row is not None and row.state in ACTIVE and _outlives(row.backend):
+            owner, kind = f"{row.backend} job {row.job_id}", "scheduler"
+        chains.append(PlannedChain(e, judged, owner, kind))
+    return Plan(sweep, str(sweep_file), root, chains)
+
+
+def _outlives(backend: str | None) -> bool:
+    """Whether the named backend's jobs run without a coordinator (a scheduler's)."""
+    from clipcl.orchestrator.backends import BACKEND_NAMES, backend_class
+
+    return backend in BACKEND_NAMES and bool(backend_class(str(backend)).outlives_submitter)
