@@ -14,13 +14,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from clipcl.cli.common import app, err, out
 from clipcl.errors import ClipclError, did_you_mean
+
+if TYPE_CHECKING:
+    from clipcl.results.rows import ChainRow
 
 BACKENDS = ("local", "ray", "slurm")
 
@@ -99,21 +102,21 @@ def _disk_progress(root: Path, chain_id: str) -> int:
     return finished_tasks(root / "chains" / chain_id)
 
 
-def _store_states(root: Path) -> dict[str, dict[str, Any]]:
+def _store_states(root: Path) -> dict[str, ChainRow]:
     """Chain states in the store, if the root has one (plan never creates it)."""
     if not (root / "clipcl.sqlite").is_file():
         return {}
     from clipcl.results.store import ResultsStore
 
     with ResultsStore(root) as store:
-        return {row["chain_id"]: row for row in store.chain_progress()}
+        return {row.chain_id: row for row in store.chain_progress()}
 
 
-def _state_label(done: int, total: int, stored: dict[str, Any] | None) -> str:
+def _state_label(done: int, total: int, stored: ChainRow | None) -> str:
     if done >= total:
         return "done"
-    if stored and stored.get("state") in {"running", "queued", "failed", "cancelled"}:
-        return str(stored["state"]) + (f" ({done}/{total})" if done else "")
+    if stored and stored.state in {"running", "queued", "failed", "cancelled"}:
+        return stored.state + (f" ({done}/{total})" if done else "")
     return f"partial ({done}/{total})" if done else "new"
 
 
@@ -328,18 +331,18 @@ def _root_for(sweep: str | None, root: Path | None) -> Path:
 
 def _refresh_slurm(store, root: Path) -> bool:
     """Ask Slurm about the store's queued/running Slurm chains; whether a state changed."""
-    if not any(r["backend"] == "slurm" for r in store.chain_progress()):
+    if not any(r.backend == "slurm" for r in store.chain_progress()):
         return False
     from clipcl.slurm.commands import SlurmError
     from clipcl.slurm.track import refresh
 
-    before = {r["chain_id"]: r["state"] for r in store.chain_progress()}
+    before = {r.chain_id: r.state for r in store.chain_progress()}
     try:
         refresh(store, root)
     except SlurmError as exc:
         err.print(f"warning: cannot ask Slurm about job states: {exc}", highlight=False)
         return False
-    return before != {r["chain_id"]: r["state"] for r in store.chain_progress()}
+    return before != {r.chain_id: r.state for r in store.chain_progress()}
 
 
 @app.command()
@@ -371,7 +374,7 @@ def status(
             rows = store.chain_progress(name)
         counts: dict[str, int] = {}
         for r in rows:
-            counts[r["state"]] = counts.get(r["state"], 0) + 1
+            counts[r.state] = counts.get(r.state, 0) + 1
         summary = f"{name or 'all chains'} under {root}: " + ", ".join(
             f"{v} {k}" for k, v in sorted(counts.items())
         )
@@ -381,19 +384,19 @@ def status(
             table.add_column(col)
         for r in rows[:limit]:
             table.add_row(
-                r["chain_id"],
-                r["method"],
-                r["benchmark"],
-                str(r["seed"]),
-                r["state"],
-                f"{r['tasks_done']}/{r['num_tasks']}",
-                str(r["attempts"]),
-                str(r["job_id"] or ""),
+                r.chain_id,
+                r.method,
+                r.benchmark,
+                str(r.seed),
+                r.state,
+                f"{r.tasks_done}/{r.num_tasks}",
+                str(r.attempts),
+                str(r.job_id or ""),
             )
         out.print(table)
         if len(rows) > limit:
             out.print(f"… {len(rows) - limit} more chains (--limit)")
-        if not watch or all(r["state"] in {"done", "failed", "cancelled"} for r in rows):
+        if not watch or all(r.state in {"done", "failed", "cancelled"} for r in rows):
             return
         time.sleep(watch)
 
@@ -451,7 +454,7 @@ def _chains_of(target: str, root: Path) -> list[str]:
         return [target]
     name, _ = _sweep_name(target)
     with ResultsStore(root) as store:
-        ids = [r["chain_id"] for r in store.chain_progress(name)]
+        ids = [r.chain_id for r in store.chain_progress(name)]
     if not ids:
         raise ClipclError(f"'{target}' is neither a chain under {root} nor a recorded sweep")
     return ids
@@ -476,9 +479,7 @@ def cancel(
             stopped += 1
     with ResultsStore(root) as store:
         slurm_ids = [
-            r["chain_id"]
-            for r in store.chain_progress()
-            if r["chain_id"] in ids and r["backend"] == "slurm"
+            r.chain_id for r in store.chain_progress() if r.chain_id in ids and r.backend == "slurm"
         ]
         scancelled = 0
         if slurm_ids:
@@ -487,9 +488,9 @@ def cancel(
             scancelled = cancel_jobs(store, slurm_ids)
         store.ingest_root(root)
         active = [
-            r["chain_id"]
+            r.chain_id
             for r in store.chain_progress()
-            if r["chain_id"] in ids and r["state"] in {"queued", "running", "new"}
+            if r.chain_id in ids and r.state in {"queued", "running", "new"}
         ]
         store.set_states(active, "cancelled")
     out.print(
