@@ -26,7 +26,7 @@ from clipcl.orchestrator import (
     prepare_job,
     run_jobs,
 )
-from clipcl.results.records import ChainRecords
+from clipcl.results.records import RunDir
 from clipcl.sweeps.schema import Resources as SweepResources
 from clipcl.workers import ChainSpec, run_chain
 from tests.conftest import smoke_spec
@@ -213,7 +213,7 @@ def test_cancel_queued_and_running_jobs_leaves_a_resumable_chain(tmp_path: Path)
     spec, other = smoke_spec(iterations=20), smoke_spec(seed=1)
     job = prepare_job(spec, tmp_path / "run")
     queued = prepare_job(other, tmp_path / "queued")
-    records = ChainRecords(job.run_dir)
+    records = RunDir(job.run_dir)
     with LocalBackend(max_parallel=1, gpus=[]) as backend:
         first, second = backend.submit([job, queued])
         second.cancel()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from clipcl.errors import ClipclError
-from clipcl.results.records import ChainRecords
+from clipcl.results.records import RunDir
 from clipcl.workers import run_chain
 from tests.conftest import tiny_spec
 
@@ -28,7 +28,7 @@ def test_chain_records_full_matrix_and_zeroshot_row(tmp_path: Path) -> None:
     assert result.matrix.shape == (3, 3) and not np.isnan(result.matrix).any()
     assert not np.isnan(result.zeroshot).any()
     assert set(result.metrics) >= {"transfer", "avg", "last"}
-    rows = ChainRecords(tmp_path / "run").finished_rows()
+    rows = RunDir(tmp_path / "run").finished_rows()
     # 3 zero-shot rows + 3 trained tasks × 3 eval tasks; sample counts = test split sizes
     assert len(rows) == 12
     assert {r.total for r in rows} == {64}
@@ -57,7 +57,7 @@ def test_corrupted_checkpoint_is_detected_and_its_task_recomputed(tmp_path: Path
     spec = tiny_spec()
     run_dir = tmp_path / "run"
     first = run_chain(spec, run_dir)
-    records = ChainRecords(run_dir)
+    records = RunDir(run_dir)
     last = records.checkpoint_path(2)
     data = bytearray(last.read_bytes())
     data[len(data) // 2] ^= 0xFF  # flip one byte in the middle
@@ -74,7 +74,7 @@ def test_missing_checkpoints_fall_back_to_earlier_task(tmp_path: Path) -> None:
     spec = tiny_spec()
     run_dir = tmp_path / "run"
     first = run_chain(spec, run_dir)
-    records = ChainRecords(run_dir)
+    records = RunDir(run_dir)
     records.checkpoint_path(2).unlink()
     records.checkpoint_path(1).write_bytes(b"truncated")
     second = run_chain(spec, run_dir)
@@ -89,7 +89,7 @@ def test_torn_last_row_line_is_ignored(tmp_path: Path) -> None:
     first = run_chain(spec, run_dir)
     with open(run_dir / "rows.jsonl", "a") as f:
         f.write('{"chain_id": "x", "trained_ta')  # a crash in the middle of a write
-    np.testing.assert_array_equal(ChainRecords(run_dir).matrix(3)[0], first.matrix)
+    np.testing.assert_array_equal(RunDir(run_dir).matrix(3)[0], first.matrix)
     assert run_chain(spec, run_dir).trained_now == []
 
 
@@ -107,7 +107,7 @@ def test_cil_protocol_evaluates_seen_tasks_among_seen_classes(tmp_path: Path) ->
     assert set(result.metrics) >= {"avg", "last", "forgetting", "bwt"}
     # After task 1 only 4 classes are seen; colour classification is then easy.
     assert m[0, 0] > 80
-    rows = ChainRecords(tmp_path / "run").finished_rows()
+    rows = RunDir(tmp_path / "run").finished_rows()
     zs = [r for r in rows if r.trained_task == -1]
     assert len(zs) == 3  # the zero-shot pass covers every task, among all 12 classes
 

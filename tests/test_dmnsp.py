@@ -20,7 +20,7 @@ from clipcl.methods.projection import orthonormalize, relative_component
 from clipcl.models import ClipModel, build_model, load_checkpoint
 from clipcl.models.adapters import Adapter, adapter_parameters, adapters_of, add_adapters
 from clipcl.models.factory import ModelConfig
-from clipcl.results.records import ChainRecords
+from clipcl.results.records import RunDir
 from clipcl.workers import run_chain
 from clipcl.workers.train import make_loader, train_task
 from tests.conftest import cil_context, method_on, tiny_model, tiny_spec
@@ -312,7 +312,7 @@ def test_chain_resumed_mid_way_gives_the_same_matrix(tmp_path: Path) -> None:
     spec = tiny_spec("dmnsp", benchmark="test-cil", iterations=4)
     full = run_chain(spec, tmp_path / "full")
     assert not np.isnan(np.diag(full.matrix)).any()
-    ckpt = ChainRecords(tmp_path / "full").checkpoint_path(1)
+    ckpt = RunDir(tmp_path / "full").checkpoint_path(1)
     state = load_checkpoint(ckpt, None)["method"]
     assert state["tasks_seen"] == 2 and [b.shape for b in state["bases"]] == [(96, 190)] * 3
 
@@ -322,9 +322,7 @@ def test_chain_resumed_mid_way_gives_the_same_matrix(tmp_path: Path) -> None:
     assert resumed.trained_now == [2]
     np.testing.assert_array_equal(resumed.matrix, full.matrix)
     # Bit-identical weights too (the accuracies alone barely see 4 projected steps).
-    last = [
-        load_checkpoint(ChainRecords(tmp_path / r).checkpoint_path(2)) for r in ("full", "resumed")
-    ]
+    last = [load_checkpoint(RunDir(tmp_path / r).checkpoint_path(2)) for r in ("full", "resumed")]
     for key, value in last[0]["model"].items():
         assert torch.equal(value, last[1]["model"][key]), key
     for a, b in zip(last[0]["method"]["bases"], last[1]["method"]["bases"], strict=True):

@@ -21,7 +21,7 @@ from clipcl.methods.capture import attention_internals, capture
 from clipcl.methods.gpm import GPM
 from clipcl.methods.projection import relative_component
 from clipcl.models import ClipModel, load_checkpoint
-from clipcl.results.records import ChainRecords
+from clipcl.results.records import RunDir
 from clipcl.workers import ChainSpec, run_chain
 from clipcl.workers.spec import TrainConfig
 from clipcl.workers.train import make_loader, train_task
@@ -281,7 +281,7 @@ def test_chain_resumed_after_one_task_gives_the_same_matrix(tmp_path: Path) -> N
     rows = full.matrix[:2]
     assert not np.isnan(rows[np.tril_indices(2)]).any()  # CIL: seen tasks only
     assert not np.array_equal(rows[1, :2], full.zeroshot[:2])  # training changed something
-    state = load_checkpoint(ChainRecords(tmp_path / "full").checkpoint_path(1), None)["method"]
+    state = load_checkpoint(RunDir(tmp_path / "full").checkpoint_path(1), None)["method"]
     assert len(state["bases"]) == 12
 
     first = run_chain(spec, tmp_path / "resumed", until_task=1)

@@ -16,7 +16,7 @@ from clipcl.data import get_benchmark
 from clipcl.methods import StepOutputs, TaskContext, create_method, method_config
 from clipcl.methods.icarl import Icarl, IcarlConfig, allocate, distillation, herding
 from clipcl.models import ModelConfig, build_model
-from clipcl.results.records import ChainRecords
+from clipcl.results.records import RunDir
 from clipcl.workers import ChainSpec, run_chain
 
 
@@ -204,7 +204,7 @@ def test_chain_runs_and_resumes_to_the_identical_matrix(tmp_path: Path) -> None:
     plain = run_chain(_spec(distill_weight=0.0), tmp_path / "plain")
     np.testing.assert_array_equal(plain.matrix[0], full.matrix[0])
     assert not np.array_equal(plain.matrix[2], full.matrix[2])
-    records = ChainRecords(tmp_path / "full")
+    records = RunDir(tmp_path / "full")
     ckpt = torch.load(records.checkpoint_path(2), weights_only=True)
     state = ckpt["method"]
     assert len(state["index"]) == 24  # 24 over 12 classes: 2 each

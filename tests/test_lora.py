@@ -16,7 +16,7 @@ from clipcl.errors import ClipclError
 from clipcl.methods import TaskContext, create_method
 from clipcl.methods.lora import LoRAMethod
 from clipcl.models import ClipModel, build_model, load_checkpoint
-from clipcl.results.records import ChainRecords
+from clipcl.results.records import RunDir
 from clipcl.workers import run_chain
 from clipcl.workers.chain import seed_everything
 from clipcl.workers.train import make_loader, train_task
@@ -183,7 +183,7 @@ def test_chain_resumed_after_one_task_gives_the_same_matrix(tmp_path: Path, merg
     rows = full.matrix[:2]
     assert not np.isnan(rows).any()
     assert not np.allclose(rows, full.zeroshot[None, :])  # the adapters learned something
-    ckpt = ChainRecords(tmp_path / "full").checkpoint_path(1)
+    ckpt = RunDir(tmp_path / "full").checkpoint_path(1)
     state = load_checkpoint(ckpt, None)["model"]
     assert any(k.endswith("lora_A") for k in state) and any(k.endswith("lora_B") for k in state)
 

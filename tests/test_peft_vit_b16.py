@@ -17,7 +17,7 @@ from clipcl.models.prompt_tuning import (
     encode_with_context,
     phrase_context,
 )
-from clipcl.results.records import ChainRecords
+from clipcl.results.records import RunDir
 from clipcl.workers import ChainSpec, run_chain
 
 
@@ -105,4 +105,4 @@ def test_a_chain_refuses_the_model_before_evaluating_anything(tmp_path) -> None:
     )
     with pytest.raises(ClipclError, match="ViT"):
         run_chain(spec, tmp_path / "chain")
-    assert not ChainRecords(tmp_path / "chain").rows_path.exists()  # no zero-shot row either
+    assert not RunDir(tmp_path / "chain").rows_path.exists()  # no zero-shot row either

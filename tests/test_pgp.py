@@ -19,7 +19,7 @@ from clipcl.methods.pgp import PGP, grow_basis, pca_scores
 from clipcl.methods.projection import projector, relative_component
 from clipcl.models import ClipModel, load_checkpoint
 from clipcl.models.prompt_tuning import add_image_prompt
-from clipcl.results.records import ChainRecords
+from clipcl.results.records import RunDir
 from clipcl.workers import run_chain
 from clipcl.workers.train import make_loader, train_task
 from tests.conftest import cil_context, method_on, tiny_model, tiny_spec
@@ -224,7 +224,7 @@ def test_chain_resumed_after_one_task_gives_the_same_matrix(tmp_path: Path) -> N
     full = run_chain(spec, tmp_path / "full", until_task=2)
     rows = full.matrix[:2]
     assert not np.isnan(rows[1, :2]).any()
-    ckpt = load_checkpoint(ChainRecords(tmp_path / "full").checkpoint_path(1), None)
+    ckpt = load_checkpoint(RunDir(tmp_path / "full").checkpoint_path(1), None)
     assert {"clip.text_contexts.contexts.part0", "clip.text_contexts.contexts.part1"} <= set(
         ckpt["model"]
     )

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from clipcl.data.smoke import COLOURS
-from clipcl.results.records import ChainRecords
+from clipcl.results.records import RunDir
 from clipcl.workers import ChainSpec, run_chain
 from tests.conftest import clipcl_inprocess as _clipcl
 
@@ -43,7 +43,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     broken = root / "broken.png"
     broken.write_bytes(b"not an image at all")
     return {
-        "ckpt": ChainRecords(root / "run").checkpoint_path(0),
+        "ckpt": RunDir(root / "run").checkpoint_path(0),
         "image": image,
         "classes": classes,
         "empty": empty,
@@ -81,7 +81,7 @@ def test_chain_checkpoint_prints_top_k_lines(files) -> None:
 
 
 def test_trained_colours_checkpoint_recognises_red_as_json(files) -> None:
-    ckpt = ChainRecords(files["root"] / "run").checkpoint_path(2)  # after all three tasks
+    ckpt = RunDir(files["root"] / "run").checkpoint_path(2)  # after all three tasks
     res = _clipcl(
         "predict",
         files["image"],

@@ -21,7 +21,7 @@ from clipcl.orchestrator import (
     prepare_job,
     run_jobs,
 )
-from clipcl.results.records import ChainRecords
+from clipcl.results.records import RunDir
 from tests.conftest import direct_matrix, smoke_spec
 
 ray = pytest.importorskip("ray")
@@ -107,7 +107,7 @@ def test_sigkilled_ray_worker_is_retried_and_the_chain_resumes(
 ) -> None:
     spec = smoke_spec(iterations=40)
     job = prepare_job(spec, tmp_path / "run")
-    records = ChainRecords(job.run_dir)
+    records = RunDir(job.run_dir)
     backend = RayBackend(max_retries=2)
     (handle,) = backend.submit([job])
 

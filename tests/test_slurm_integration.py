@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from clipcl.results.records import ChainRecords
-from clipcl.results.store import ResultsStore
+from clipcl.results.records import RunDir
+from clipcl.results.store import ChainRow, JobRow, ResultsStore
 from clipcl.slurm import commands
 from clipcl.slurm.dispatch import submit_sweep
 from clipcl.slurm.track import wait
@@ -93,7 +93,7 @@ def chain_matrix(root: Path, entry: Any) -> list[Any]:
     from clipcl.data import get_benchmark
     from clipcl.workers import load_result
 
-    records = ChainRecords(root / "chains" / entry.chain_id)
+    records = RunDir(root / "chains" / entry.chain_id)
     return load_result(entry.spec, get_benchmark(entry.benchmark), records).to_json()["matrix"]
 
 
@@ -114,12 +114,12 @@ def sacct_rows(job_id: str) -> list[str]:
     return proc.stdout.split()
 
 
-def store_jobs(root: Path) -> list[dict[str, Any]]:
+def store_jobs(root: Path) -> list[JobRow]:
     with ResultsStore(root) as store:
         return store.jobs(backend="slurm")
 
 
-def settle(root: Path, timeout_s: float = 120) -> list[dict[str, Any]]:
+def settle(root: Path, timeout_s: float = 120) -> list[JobRow]:
     """Refresh until no recorded job is queued or running (a done chain's job may still be
     exiting); return the jobs."""
     from clipcl.slurm.track import refresh
@@ -127,15 +127,15 @@ def settle(root: Path, timeout_s: float = 120) -> list[dict[str, Any]]:
     def ended() -> bool:
         with ResultsStore(root) as store:
             refresh(store, root)
-        return all(j["state"] not in {"queued", "running"} for j in store_jobs(root))
+        return all(j.state not in {"queued", "running"} for j in store_jobs(root))
 
     wait_for(ended, timeout_s, "the jobs to end")
     return store_jobs(root)
 
 
-def progress(root: Path) -> dict[str, dict[str, Any]]:
+def progress(root: Path) -> dict[str, ChainRow]:
     with ResultsStore(root) as store:
-        return {r["chain_id"]: r for r in store.chain_progress()}
+        return {r.chain_id: r for r in store.chain_progress()}
 
 
 def test_whole_mode_sweep_matches_direct_runs_and_splits_arrays(
@@ -164,8 +164,8 @@ def test_whole_mode_sweep_matches_direct_runs_and_splits_arrays(
     for e in entries:
         assert chain_matrix(root, e) == chain_matrix(local_root, e)
     for job in settle(root):
-        assert sacct_rows(job["job_id"]) == [f"{job['job_id']}|COMPLETED"]
-        assert job["state"] == "done"
+        assert sacct_rows(job.job_id) == [f"{job.job_id}|COMPLETED"]
+        assert job.state == "done"
     logs = cli("logs", entries[0].chain_id, "--root", str(root)).stdout
     assert "task 2 (stripes) finished" in logs
     table = json.loads(cli("results", str(sweep_file), "--format", "json").stdout)
@@ -186,11 +186,9 @@ def test_per_task_mode_one_job_per_task_same_numbers(slurm_cluster: None, tmp_pa
     assert final == {e.chain_id: "done" for e in entries}, cli("status", str(sweep_file)).stdout
     jobs = settle(root)
     for e in entries:
-        mine = sorted(
-            (j for j in jobs if j["chain_id"] == e.chain_id), key=lambda j: j["first_task"]
-        )
-        assert [(j["first_task"], j["last_task"]) for j in mine] == [(0, 0), (1, 1), (2, 2)]
-        assert all(sacct_rows(j["job_id"]) == [f"{j['job_id']}|COMPLETED"] for j in mine)
+        mine = sorted((j for j in jobs if j.chain_id == e.chain_id), key=lambda j: j.first_task)
+        assert [(j.first_task, j.last_task) for j in mine] == [(0, 0), (1, 1), (2, 2)]
+        assert all(sacct_rows(j.job_id) == [f"{j.job_id}|COMPLETED"] for j in mine)
         assert chain_matrix(root, e) == direct_matrix(e.spec, tmp_path / "direct" / e.chain_id)
     status = cli("status", str(sweep_file)).stdout
     assert "3 done" in status
@@ -209,18 +207,18 @@ def test_scancel_then_submit_resumes_from_last_finished_task(
     slurm_cluster: None, tmp_path: Path
 ) -> None:
     sweep_file, entry, root = _one_slow_chain(tmp_path, "cancelme")
-    records = ChainRecords(root / "chains" / entry.chain_id)
+    records = RunDir(root / "chains" / entry.chain_id)
     cli("submit", str(sweep_file), "--backend", "slurm")
     wait_for(lambda: len(records.completed()) >= 1, 300, "the first task to finish")
     out = cli("cancel", str(sweep_file)).stdout
     assert "1 Slurm jobs scancelled" in out, out
     (job,) = store_jobs(root)
-    wait_for(lambda: "CANCELLED" in " ".join(sacct_rows(job["job_id"])), 60, "scancel")
+    wait_for(lambda: "CANCELLED" in " ".join(sacct_rows(job.job_id)), 60, "scancel")
     run_dir = root / "chains" / entry.chain_id
     wait_for(lambda: not chain_locked(run_dir), 60, "the worker to die")  # after KillWait
     done_before = len(records.completed())
     assert 1 <= done_before < 3, "cancelled too late to exercise resume"
-    assert progress(root)[entry.chain_id]["state"] == "cancelled"
+    assert progress(root)[entry.chain_id].state == "cancelled"
 
     out = cli("submit", str(sweep_file), "--backend", "slurm").stdout
     assert "submitted 1 chains as 1 jobs" in out
@@ -232,15 +230,15 @@ def test_scancel_then_submit_resumes_from_last_finished_task(
 
 def test_scontrol_requeue_resumes(slurm_cluster: None, tmp_path: Path) -> None:
     sweep_file, entry, root = _one_slow_chain(tmp_path, "requeueme")
-    records = ChainRecords(root / "chains" / entry.chain_id)
+    records = RunDir(root / "chains" / entry.chain_id)
     cli("submit", str(sweep_file), "--backend", "slurm")
     wait_for(lambda: len(records.completed()) >= 1, 300, "the first task to finish")
     (job,) = store_jobs(root)
-    subprocess.run(["scontrol", "requeue", job["job_id"]], check=True)
+    subprocess.run(["scontrol", "requeue", job.job_id], check=True)
     done_before = len(records.completed())
     assert done_before < 3, "requeued too late to exercise resume"
     assert wait(root, [entry.chain_id], timeout_s=900) == {entry.chain_id: "done"}
-    assert "REQUEUED" in " ".join(sacct_rows(job["job_id"]))  # the first run, then the second
+    assert "REQUEUED" in " ".join(sacct_rows(job.job_id))  # the first run, then the second
     logs = cli("logs", entry.chain_id, "--root", str(root)).stdout
     assert "resuming after task" in logs
     assert chain_matrix(root, entry) == direct_matrix(entry.spec, tmp_path / "direct")
@@ -336,10 +334,10 @@ def test_job_hitting_its_time_limit_is_requeued_and_finishes(
     assert wait(root, [entry.chain_id], timeout_s=900) == {entry.chain_id: "done"}
     (job,) = settle(root)
     info = subprocess.run(
-        ["scontrol", "show", "job", "-o", job["job_id"]], capture_output=True, text=True
+        ["scontrol", "show", "job", "-o", job.job_id], capture_output=True, text=True
     ).stdout
     restarts = [int(f.split("=")[1]) for f in info.split() if f.startswith("Restarts=")]
-    history = " ".join(sacct_rows(job["job_id"]))
+    history = " ".join(sacct_rows(job.job_id))
     assert (restarts and restarts[0] >= 1) or "REQUEUED" in history, (info, history)
     logs = cli("logs", entry.chain_id, "--root", str(root)).stdout
     assert "s left: requeueing" in logs and "resuming after task" in logs
@@ -356,7 +354,7 @@ def test_sbatch_script_requeues_itself_on_usr2_and_resumes(
     proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     element = f"{proc.stdout.strip().split(';')[0]}_0"
-    records = ChainRecords(root / "chains" / entry.chain_id)
+    records = RunDir(root / "chains" / entry.chain_id)
     wait_for(lambda: len(records.completed()) >= 1, 300, "the first task to finish")
     subprocess.run(["scancel", "--batch", "--signal=USR2", element], check=True)
     assert len(records.completed()) < 3, "signalled too late to exercise resume"

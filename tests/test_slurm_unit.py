@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from clipcl.errors import ClipclError
+from clipcl.results.rows import JobRow
 from clipcl.slurm import commands
 from clipcl.slurm.commands import job_states, parse_time_min, sacct_states
 from clipcl.slurm.preflight import flag_args, preflight
@@ -264,7 +265,7 @@ def test_plan_groups_keep_array_indices_aligned():
 
 
 def _job(jid, state, first=0):
-    return {"job_id": jid, "state": state, "first_task": first, "chain_id": "c"}
+    return JobRow(jid, "c", "slurm", first, None, None, state, 0.0, None)
 
 
 @pytest.mark.parametrize(
@@ -306,5 +307,5 @@ def test_store_of_schema_1_gains_the_jobs_table(tmp_path):
     conn.commit()
     conn.close()
     with ResultsStore(tmp_path) as store:
-        assert [r["name"] for r in store.sweeps()] == ["s"]
+        assert [r.name for r in store.sweeps()] == ["s"]
         assert store.jobs() == []

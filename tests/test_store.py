@@ -15,8 +15,8 @@ import pytest
 
 from clipcl.durable import atomic_write_json
 from clipcl.errors import ClipclError
-from clipcl.results import store as store_module
-from clipcl.results.records import ChainRecords, EvalRow
+from clipcl.results import provenance as provenance_module
+from clipcl.results.records import EvalRow, RunDir
 from clipcl.results.store import ChainRecord, ResultsStore, collect_provenance, config_hash
 
 NAMES = ("a", "b", "c")
@@ -34,9 +34,9 @@ def write_chain(
     seed: int = 0,
     matrix: list[list[int]] = MATRIX,
     spec: dict[str, Any] | None = None,
-) -> ChainRecords:
+) -> RunDir:
     """A fake run directory: spec.json, zero-shot rows and ``finished`` tasks (correct of 100)."""
-    records = ChainRecords(root / "chains" / chain_id)
+    records = RunDir(root / "chains" / chain_id)
     records.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(records.spec_path, spec or spec_of(seed))
     zero = [EvalRow(chain_id, -1, "zeroshot", i, n, 10 + i, 100) for i, n in enumerate(NAMES)]
@@ -96,10 +96,10 @@ def test_unrecorded_chain_is_recorded_from_its_spec(tmp_path: Path) -> None:
         assert store.ingest_root(tmp_path) == 2
         chain = store.chain("c0")
         assert chain is not None
-        assert (chain["method"], chain["benchmark"], chain["seed"]) == ("finetune", "smoke", 7)
-        assert (chain["protocol"], chain["num_tasks"], chain["state"]) == ("til", 3, "done")
-        assert chain["finished"] == 102.0 and chain["settings"] == {}
-        assert store.chain("c1")["state"] == "new"  # type: ignore[index]
+        assert (chain.method, chain.benchmark, chain.seed) == ("finetune", "smoke", 7)
+        assert (chain.protocol, chain.num_tasks, chain.state) == ("til", 3, "done")
+        assert chain.finished == 102.0 and chain.settings == {}
+        assert store.chain("c1").state == "new"  # type: ignore[union-attr]
         assert set(store.eval_rows_frame()["sweep"]) == {None}
 
 
@@ -132,7 +132,7 @@ def test_rows_of_unfinished_or_recomputed_tasks_leave(tmp_path: Path) -> None:
         del state["completed"]["2"]  # task 2's checkpoint was bad: it will be recomputed
         records.save_state(state)
         assert store.ingest_chain("c0", records.run_dir) == 9
-        assert store.chain_progress()[0]["tasks_done"] == 2
+        assert store.chain_progress()[0].tasks_done == 2
 
 
 def test_frame_with_values_too_large_to_pack(tmp_path: Path) -> None:
@@ -150,46 +150,46 @@ def test_frame_with_values_too_large_to_pack(tmp_path: Path) -> None:
 def test_state_transitions(tmp_path: Path) -> None:
     with ResultsStore(tmp_path) as store:
         store.record_sweep("s", "s.yaml", {"a": 1}, [record("c0"), record("c1")], provenance={})
-        assert store.chain("c0")["state"] == "new"  # type: ignore[index]
+        assert store.chain("c0").state == "new"  # type: ignore[union-attr]
         store.set_states(["c0", "c1"], "queued", backend="local")
         c0 = store.chain("c0")
-        assert c0 and c0["state"] == "queued" and c0["backend"] == "local" and c0["submitted"]
+        assert c0 and c0.state == "queued" and c0.backend == "local" and c0.submitted
         store.set_state("c0", "running", job_id="pid-1", count_attempt=True)
         c0 = store.chain("c0")
-        assert c0 and c0["started"] and c0["job_id"] == "pid-1" and c0["backend"] == "local"
+        assert c0 and c0.started and c0.job_id == "pid-1" and c0.backend == "local"
         store.set_state("c0", "failed", error="CUDA out of memory")
         c0 = store.chain("c0")
-        assert c0 and c0["error"] == "CUDA out of memory" and c0["finished"] >= c0["started"]
+        assert c0 and c0.error == "CUDA out of memory" and c0.finished >= c0.started
         store.set_state("c0", "queued")
         store.set_state("c0", "running", count_attempt=True)
         c0 = store.chain("c0")
-        assert c0 and c0["attempts"] == 2 and c0["error"] is None and c0["finished"] is None
+        assert c0 and c0.attempts == 2 and c0.error is None and c0.finished is None
         store.set_state("c0", "done")
-        assert store.chain("c0")["finished"] is not None  # type: ignore[index]
+        assert store.chain("c0").finished is not None  # type: ignore[union-attr]
         with pytest.raises(ClipclError, match="unknown chain state 'finished'"):
             store.set_state("c0", "finished")
         with pytest.raises(ClipclError, match="unknown chain 'nope'"):
             store.set_states(["c1", "nope"], "running")
-        assert store.chain("c1")["state"] == "queued"  # type: ignore[index]  # rolled back
+        assert store.chain("c1").state == "queued"  # type: ignore[union-attr]  # rolled back
 
 
 def test_record_sweep_is_idempotent(tmp_path: Path) -> None:
     with ResultsStore(tmp_path) as store:
         store.record_sweep("s", "s.yaml", {"x": 1}, [record("c0", lr=1e-5)], provenance={"k": 1})
         store.set_state("c0", "running", count_attempt=True)
-        created = store.sweeps()[0]["created"]
+        created = store.sweeps()[0].created
         time.sleep(0.01)
         chains = [record("c0", lr=1e-5), record("c1", seed=1, lr=1e-5)]
         store.record_sweep("s", "s.yaml", {"x": 1}, chains, provenance={"k": 2})
         store.record_sweep("t", "t.yaml", {}, chains[:1], provenance={})
         sweeps = store.sweeps()
-        assert [(s["name"], s["chains"]) for s in sweeps] == [("s", 2), ("t", 1)]
-        assert sweeps[0]["created"] == created < sweeps[0]["updated"]
-        assert [(r["chain_id"], r["state"], r["attempts"]) for r in store.chain_progress("s")] == [
+        assert [(s.name, s.chains) for s in sweeps] == [("s", 2), ("t", 1)]
+        assert sweeps[0].created == created < sweeps[0].updated
+        assert [(r.chain_id, r.state, r.attempts) for r in store.chain_progress("s")] == [
             ("c0", "running", 1),
             ("c1", "new", 0),
         ]
-        assert store.chain_progress("t")[0]["settings"] == {"lr": 1e-5}
+        assert store.chain_progress("t")[0].settings == {"lr": 1e-5}
         assert store.provenance("sweep", "s") == {"k": 2}
         count = store._conn.execute("SELECT COUNT(*) FROM chains").fetchone()[0]
     assert count == 2
@@ -202,13 +202,13 @@ def test_chain_progress_counts(tmp_path: Path) -> None:
         store.record_sweep("s", None, {}, [record("c0"), record("c1", seed=1)], provenance={})
         store.ingest_root()
         everything = store.chain_progress()
-        assert [(r["chain_id"], r["tasks_done"], r["num_tasks"]) for r in everything] == [
+        assert [(r.chain_id, r.tasks_done, r.num_tasks) for r in everything] == [
             ("c0", 0, 3),
             ("c1", 1, 3),
             ("c2", 3, 3),
         ]
-        assert [r["state"] for r in everything] == ["new", "new", "done"]
-        assert [r["chain_id"] for r in store.chain_progress("s")] == ["c0", "c1"]
+        assert [r.state for r in everything] == ["new", "new", "done"]
+        assert [r.chain_id for r in store.chain_progress("s")] == ["c0", "c1"]
         assert store.chain_progress("unknown") == []
 
 
@@ -257,12 +257,12 @@ def test_processes_write_concurrently(tmp_path: Path) -> None:
     assert counts == [72] * 4
     with ResultsStore(tmp_path) as store:
         progress = store.chain_progress()
-        assert len(progress) == 24 and {r["state"] for r in progress} == {"done"}
+        assert len(progress) == 24 and {r.state for r in progress} == {"done"}
         assert len(store.eval_rows_frame()) == 288
 
 
 def test_provenance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module, "_PACKAGE_DIR", tmp_path)  # not a git checkout
+    monkeypatch.setattr(provenance_module, "_PACKAGE_DIR", tmp_path)  # not a git checkout
     info = collect_provenance({"b": 1, "a": [1, 2]})
     assert json.loads(json.dumps(info)) == info  # plain JSON
     assert info["git_commit"] is None and info["git_dirty"] is None

@@ -20,7 +20,7 @@ import pytest
 
 from clipcl.errors import ClipclError
 from clipcl.results.metrics import mtil_metrics
-from clipcl.results.records import ChainRecords
+from clipcl.results.records import RunDir
 from clipcl.workers import run_chain
 from clipcl.workers.chain import ChainBusy, chain_lock
 from tests.conftest import tiny_spec
@@ -36,7 +36,7 @@ def clipcl(*args: str) -> subprocess.CompletedProcess:
 def _metrics_from_raw_rows(root: Path) -> dict[str, list[float]]:
     values: dict[str, list[float]] = {"transfer": [], "avg": [], "last": []}
     for run_dir in sorted((root / "chains").iterdir()):
-        matrix, _ = ChainRecords(run_dir).matrix(3)
+        matrix, _ = RunDir(run_dir).matrix(3)
         m = mtil_metrics(matrix)
         for key in values:
             values[key].append(getattr(m, key))

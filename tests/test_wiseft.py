@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from clipcl.data import get_benchmark
 from clipcl.methods import TaskContext, create_method
 from clipcl.models import ClipModel, build_model, load_checkpoint
-from clipcl.results.records import ChainRecords
+from clipcl.results.records import RunDir
 from clipcl.workers import run_chain
 from clipcl.workers.chain import ChainResult, seed_everything
 from clipcl.workers.train import make_loader, train_task
@@ -25,7 +25,7 @@ def _snapshot(model: ClipModel) -> dict[str, torch.Tensor]:
 
 
 def _final_weights(run_dir: Path, task: int = 2) -> dict[str, torch.Tensor]:
-    return load_checkpoint(ChainRecords(run_dir).checkpoint_path(task), None)["model"]
+    return load_checkpoint(RunDir(run_dir).checkpoint_path(task), None)["model"]
 
 
 def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import cast
 
 import typer
 from rich.table import Table
@@ -179,13 +180,13 @@ def _submit_to_coordinator(the_plan, backend: str, options, follow: bool) -> Non
 
 def _submit_to_scheduler(the_plan, backend: str, options, follow: bool) -> None:
     """Submit the plan's chains to a scheduler and return (or, with ``follow``, wait)."""
-    from clipcl.orchestrator.backend import prepare_job
+    from clipcl.orchestrator.backend import SchedulerBackend, prepare_job
     from clipcl.orchestrator.backends import make_backend
     from clipcl.orchestrator.coordinator import follow as follow_handles
     from clipcl.orchestrator.sweep_runner import StoreRecorder, submit_and_record
     from clipcl.results.store import ResultsStore
 
-    scheduler = make_backend(backend, options)
+    scheduler = cast("SchedulerBackend", make_backend(backend, options))
     scheduler.preflight()  # before anything is written for it
     todo = the_plan.todo
     jobs = [

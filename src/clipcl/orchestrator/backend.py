@@ -1,20 +1,21 @@
 """The backend contract: what a coordinator hands a backend and what it gets back.
 
-Owns :class:`Resources` and :class:`ChainJob` (one chain to run in its run directory), the job
-states, the :class:`JobHandle` and :class:`Backend` protocols (shaped like
-``concurrent.futures`` / submitit executors and jobs) and :class:`ChainFailed`. Backends run
+Owns :class:`ChainJob` (one chain to run in its run directory, with the
+:class:`~clipcl.resources.Resources` it needs, re-exported here), the job states, the
+:class:`JobHandle` and :class:`Backend` protocols (shaped like ``concurrent.futures`` /
+submitit executors and jobs) and :class:`ChainFailed`. Backends run
 the worker of :mod:`clipcl.workers` — as a subprocess or inside a framework's worker — which
 reads the chain's ``spec.json``; :func:`prepare_job` writes that file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
-from clipcl.errors import ClipclError, did_you_mean
+from clipcl.resources import Resources
 from clipcl.results.records import RunDir
 
 if TYPE_CHECKING:
@@ -36,51 +37,6 @@ class ChainFailed(Exception):
 
 class ChainCancelled(ChainFailed):
     """A chain's job was cancelled before it finished."""
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one chain needs from a backend (mirrors the sweep file's ``resources``)."""
-
-    gpus: int = 0
-    cpus: int = 1
-    mem_gb: float = 8
-    timeout_min: int = 60
-
-    def __post_init__(self) -> None:
-        for name, low in (("gpus", 0), ("cpus", 1), ("timeout_min", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ClipclError(f"resources.{name}: expected an integer >= {low}, got {value!r}")
-        if isinstance(self.mem_gb, bool) or not isinstance(self.mem_gb, int | float):
-            raise ClipclError(f"resources.mem_gb: expected a number, got {self.mem_gb!r}")
-        if self.mem_gb <= 0:
-            raise ClipclError(f"resources.mem_gb: expected a number > 0, got {self.mem_gb!r}")
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any] | Any) -> Resources:
-        """Build from a mapping or from an object with ``model_dump()`` (the sweep schema's).
-
-        Raises:
-            ClipclError: An unknown key or a bad value.
-        """
-        if not isinstance(data, Mapping) and hasattr(data, "model_dump"):
-            data = data.model_dump()
-        if not isinstance(data, Mapping):
-            raise ClipclError(f"resources: expected a mapping, got {data!r}")
-        allowed = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in allowed:
-                raise ClipclError(
-                    f"resources: unknown key '{key}'{did_you_mean(str(key), allowed)}; "
-                    f"allowed: {', '.join(allowed)}"
-                )
-        return cls(**dict(data))
-
-    @property
-    def timeout_s(self) -> float:
-        """The wall-clock limit in seconds."""
-        return 60.0 * self.timeout_min
 
 
 @dataclass(frozen=True)
@@ -156,6 +112,23 @@ class Backend(Protocol):
 
     def shutdown(self) -> None:
         """Release what the backend holds (running jobs are cancelled)."""
+        ...
+
+
+class SchedulerBackend(Backend, Protocol):
+    """A backend whose jobs outlive the submitter (a scheduler): it checks a request before
+    anything is submitted and describes a submission in one line."""
+
+    def preflight(self) -> str:
+        """Check the request with the scheduler; where the jobs go (e.g. the partition).
+
+        Raises:
+            ClipclError: The scheduler cannot run the request.
+        """
+        ...
+
+    def describe(self, to_submit: int, live: int, handles: Sequence[JobHandle]) -> str:
+        """One line: chains to submit, chains skipped (``live`` jobs), what was submitted."""
         ...
 
 

@@ -43,7 +43,7 @@ class PlannedChain:
 
     @property
     def num_tasks(self) -> int:
-        return self.state.num_tasks
+        return int(self.state.num_tasks or 0)
 
     @property
     def tasks_done(self) -> int:

@@ -42,7 +42,7 @@ class Reconciled:
 
     state: ChainStateName
     tasks_done: int
-    num_tasks: int
+    num_tasks: int | None
     job: int | None = None
 
     @property
@@ -60,7 +60,9 @@ class Reconciled:
         return self.state == "done"
 
 
-def reconcile(jobs: Sequence[str] | str | None, tasks_done: int, num_tasks: int) -> Reconciled:
+def reconcile(
+    jobs: Sequence[str] | str | None, tasks_done: int, num_tasks: int | None
+) -> Reconciled:
     """The state of a chain from its jobs' states and its finished tasks.
 
     Args:
@@ -68,7 +70,7 @@ def reconcile(jobs: Sequence[str] | str | None, tasks_done: int, num_tasks: int)
             single state; or ``None``/empty when no job is known). The store's last recorded
             chain state may stand in for a job that nobody can be asked about.
         tasks_done: Finished tasks according to the chain's records on disk.
-        num_tasks: The chain's number of tasks.
+        num_tasks: The chain's number of tasks (``None``: unknown, never done by count).
 
     Returns:
         ``done`` once every task is finished, whatever the jobs say; else ``running`` if a
@@ -76,7 +78,7 @@ def reconcile(jobs: Sequence[str] | str | None, tasks_done: int, num_tasks: int)
         failed or timed out, ``cancelled`` if one was cancelled; a job that ended (``done``,
         ``gone``) with tasks left is ``failed``; no job at all is ``new``.
     """
-    if tasks_done >= num_tasks:
+    if num_tasks is not None and tasks_done >= num_tasks:
         return Reconciled("done", tasks_done, num_tasks)
     states = [jobs] if isinstance(jobs, str) else list(jobs or ())
     if not states or all(s == "new" for s in states):

@@ -122,7 +122,7 @@ def run_sweep_chains(
     sweep_name: str,
     chains: list[SweepChain],
     root: Path,
-    resources: Mapping[str, Any],
+    resources: Resources | Mapping[str, Any],
     backend: Backend,
     data_root: str | None = None,
     log: Callable[[str], None] = print,

@@ -373,7 +373,3 @@ class RunDir:
             return self.pid_path.stat().st_mtime_ns, self.pid_path.read_text()
         except OSError:
             return None
-
-
-#: The name older code used for :class:`RunDir`.
-ChainRecords = RunDir

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from clipcl.orchestrator.backend import (
     ChainCancelled,
     ChainFailed,
     ChainJob,
+    JobHandle,
     JobState,
 )
 from clipcl.orchestrator.backends import BackendOptions
@@ -220,7 +222,7 @@ class SlurmBackend:
             )
         return self._partition
 
-    def submit(self, jobs: Sequence[ChainJob]) -> list[SlurmJob]:
+    def submit(self, jobs: Sequence[ChainJob]) -> list[JobHandle]:
         """Submit every chain of ``jobs``; one handle per chain, in order.
 
         Raises:
@@ -251,9 +253,10 @@ class SlurmBackend:
             submitted = getattr(exc, "submitted", [])
             exc.handles = self._handles(chains, submitted)  # type: ignore[attr-defined]
             raise
-        return self._handles(chains, records)
+        handles: list[JobHandle] = list(self._handles(chains, records))
+        return handles
 
-    def describe(self, to_submit: int, live: int, handles: Sequence[SlurmJob]) -> str:
+    def describe(self, to_submit: int, live: int, handles: Sequence[Any]) -> str:
         """One line about a submission: what was asked, skipped and submitted, and where."""
         job_ids = [j for h in handles for j in h.job_ids]
         arrays = sorted({j.split("_")[0] for j in job_ids}, key=int)
@@ -284,7 +287,10 @@ class SlurmBackend:
         """Rebuild the handles of ``chain_ids`` from the store's job rows (latest submission)."""
         watcher = watcher or SacctWatcher()
         rows = {r.chain_id: r for r in store.chain_progress()}
-        latest = latest_jobs(store.jobs(chain_ids, backend=cls.name))
+        latest = {
+            c: [asdict(j) for j in jobs]
+            for c, jobs in latest_jobs(store.jobs(chain_ids, backend=cls.name)).items()
+        }
         return [
             SlurmJob(c, jobs, RunDir.of(root, c).path, int(rows[c].num_tasks or 0), watcher)
             for c, jobs in sorted(latest.items())

@@ -22,7 +22,8 @@ def chain_log_files(root: Path, chain_id: str) -> list[Path]:
         with ResultsStore(root) as store:
             jobs = store.jobs([chain_id], backend="slurm")
         for job in jobs:
-            files += [p for p in _submitit_paths(job["log_dir"], job["job_id"]) if p.is_file()]
+            if job.log_dir is not None:
+                files += [p for p in _submitit_paths(job.log_dir, job.job_id) if p.is_file()]
     script_logs = Path(root) / "slurm" / "sbatch"
     if script_logs.is_dir():
         marker = f"chain {chain_id} "

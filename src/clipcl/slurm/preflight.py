@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from clipcl.errors import did_you_mean
+from clipcl.resources import Resources
 from clipcl.slurm.commands import (
     Runner,
     SlurmError,
@@ -26,7 +27,7 @@ def flag_args(flags: dict[str, Any]) -> list[str]:
 
 def preflight(
     settings: SlurmSettings,
-    resources: Any,
+    resources: Resources,
     job_name: str,
     source: str = "sweep",
     runner: Runner = default_runner,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from clipcl.resources import Resources
 from clipcl.slurm.settings import SlurmSettings, sbatch_flags
 
 
@@ -43,7 +44,7 @@ def render_sbatch(
     root: str,
     chains: Sequence[ScriptChain],
     settings: SlurmSettings,
-    resources: Any,
+    resources: Resources,
     python: str,
     data_root: str | None = None,
     part: tuple[int, int] = (1, 1),

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from clipcl.resources import Resources
+
 #: ``#SBATCH`` options clipcl sets itself; the message says which field to use instead.
 MANAGED_FLAGS: dict[str, str] = {
     "array": "resources/slurm.array_parallelism (clipcl builds the arrays)",
@@ -113,7 +115,9 @@ def _mem(mem_gb: float) -> str:
     return f"{int(mem_gb)}G" if float(mem_gb).is_integer() else f"{round(mem_gb * 1024)}M"
 
 
-def submitit_parameters(settings: SlurmSettings, resources: Any, job_name: str) -> dict[str, Any]:
+def submitit_parameters(
+    settings: SlurmSettings, resources: Resources, job_name: str
+) -> dict[str, Any]:
     """Keyword arguments for ``submitit.AutoExecutor.update_parameters``.
 
     ``resources`` is the sweep's (gpus, cpus, mem_gb, timeout_min). The result is plain data (it
@@ -144,7 +148,7 @@ def submitit_parameters(settings: SlurmSettings, resources: Any, job_name: str) 
     return params
 
 
-def sbatch_flags(settings: SlurmSettings, resources: Any, job_name: str) -> dict[str, Any]:
+def sbatch_flags(settings: SlurmSettings, resources: Resources, job_name: str) -> dict[str, Any]:
     """The ``#SBATCH`` options (long name → value; ``True`` for a bare flag) of one chain job."""
     flags: dict[str, Any] = {
         "job-name": settings.job_name or job_name,

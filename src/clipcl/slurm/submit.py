@@ -26,6 +26,7 @@ from typing import Any
 
 import submitit
 
+from clipcl.resources import Resources
 from clipcl.slurm.commands import SlurmError
 from clipcl.slurm.settings import SlurmSettings, submitit_parameters
 
@@ -129,7 +130,7 @@ def job_log_paths(folder: str | Path, job_id: str) -> tuple[Path, Path]:
 
 
 def make_executor(
-    root: Path, settings: SlurmSettings, resources: Any, job_name: str
+    root: Path, settings: SlurmSettings, resources: Resources, job_name: str
 ) -> submitit.AutoExecutor:
     """An executor with the sweep's resources and Slurm settings."""
     extra: dict[str, Any] = {"slurm_max_num_timeout": settings.max_requeues}
@@ -182,7 +183,7 @@ def submit_chains(
     chains: Sequence[SlurmChain],
     root: Path,
     settings: SlurmSettings,
-    resources: Any,
+    resources: Resources,
     job_name: str,
     *,
     data_root: str | None = None,

@@ -16,21 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from clipcl.errors import ClipclError
+from clipcl.resources import Resources
 from clipcl.slurm.settings import SlurmSettings
 from clipcl.validation import validate
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class Resources(BaseModel):
-    """What one chain needs from a backend."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    gpus: int = Field(0, ge=0, description="GPUs per chain (0: CPU).")
-    cpus: int = Field(1, ge=1, description="CPU cores per chain.")
-    mem_gb: float = Field(8, gt=0, description="Host memory per chain, GiB.")
-    timeout_min: int = Field(60, ge=1, description="Wall-clock limit per job, minutes.")
 
 
 class SweepFile(BaseModel):

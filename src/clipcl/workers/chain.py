@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from clipcl.data import Benchmark, get_benchmark
-from clipcl.methods import Method, TaskContext, create_method
+from clipcl.methods import Method, TaskContext, method_class
 from clipcl.models import (
     CheckpointError,
     build_model,
@@ -172,7 +172,7 @@ def run_chain(
     dev = pick_device(device)
     seed_everything(spec.seed, -1)  # random-init weights (pretrained: none) depend on the seed
     model = build_model(spec.model, dev)
-    method = create_method(spec.method_name, {k: v for k, v in spec.method.items() if k != "name"})
+    method = method_class(spec.method_spec.name)(spec.method_spec.config)
     method.check_model(model)
     # only once inputs are known good: bad input writes nothing
     records.place_spec(spec, len(benchmark.tasks))

@@ -6,13 +6,14 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clipcl.data import benchmark_info
 from clipcl.errors import ClipclError, did_you_mean
-from clipcl.methods import method_class
+from clipcl.methods import MethodConfig, method_class
 from clipcl.models import ModelConfig, Precision, default_pretrained, resolve_arch
 from clipcl.validation import apply_overrides, validate
 
@@ -112,6 +113,35 @@ class EvalConfig(BaseModel):
     batch_size: int = Field(256, ge=1, description="Evaluation batch size.")
 
 
+@dataclass(frozen=True)
+class MethodSpec:
+    """A chain's method, validated once: its registry name and its typed config.
+
+    Attributes:
+        name: The method's registry key (``finetune``, ``nsp2``, ...).
+        config: The method's ``Config`` model, defaults filled in.
+    """
+
+    name: str
+    config: MethodConfig
+
+    @classmethod
+    def resolve(cls, name: str, knobs: Mapping[str, Any], source: str = "spec") -> MethodSpec:
+        """Validate ``knobs`` against the method's config.
+
+        Raises:
+            ClipclError: The method is unknown or a knob is (naming ``source`` and the key).
+        """
+        method_cls = _named(source, "method.name", method_class, name)
+        config = validate(method_cls.Config, knobs, source, prefix="method")
+        return cls(name, config)
+
+    def as_json(self) -> dict[str, Any]:
+        """``{"name": ..., **config}`` as JSON data: what ``ChainSpec.method`` stores (and
+        hashes into the chain id)."""
+        return {"name": self.name, **self.config.model_dump(mode="json")}
+
+
 class ChainSpec(BaseModel):
     """One chain: a model trained task after task over a benchmark by one method and seed.
 
@@ -132,6 +162,16 @@ class ChainSpec(BaseModel):
     @property
     def method_name(self) -> str:
         return str(self.method["name"])
+
+    @functools.cached_property
+    def method_spec(self) -> MethodSpec:
+        """The method as :class:`MethodSpec` (validated on first use unless built here).
+
+        Raises:
+            ClipclError: The stored method or one of its knobs is invalid.
+        """
+        knobs = {k: v for k, v in self.method.items() if k != "name"}
+        return MethodSpec.resolve(self.method_name, knobs)
 
     def canonical_json(self) -> str:
         """The spec as sorted, compact JSON; train knobs added after chain ids were first
@@ -166,10 +206,9 @@ class ChainSpec(BaseModel):
         if not isinstance(method, dict) or "name" not in method:
             raise ClipclError(f"{source}: method: expected a name or a mapping with 'name'")
         knobs = {k: v for k, v in method.items() if k != "name"}
-        name = str(method["name"])
-        cls_ = _named(source, "method.name", method_class, name)
-        resolved = validate(cls_.Config, knobs, source, prefix="method")
-        raw["method"] = {"name": name, **resolved.model_dump(mode="json")}
+        method_spec = MethodSpec.resolve(str(method["name"]), knobs, source)
+        raw["method"] = method_spec.as_json()
+        cls_ = method_class(method_spec.name)
         info = None
         if "benchmark" in raw:
             info = _named(source, "benchmark", benchmark_info, str(raw["benchmark"]))
@@ -178,6 +217,7 @@ class ChainSpec(BaseModel):
                 raise ClipclError(f"{source}: train: expected a mapping, got {train!r}")
             raw["train"] = {**info.train_defaults, **cls_.train_defaults, **train}
         spec = validate(cls, raw, source)
+        spec.__dict__["method_spec"] = method_spec  # seeds the cached property: validated once
         _named(source, "model.arch", resolve_arch, spec.model.arch)
         if info is not None:
             for task in spec.train.lr_per_task:

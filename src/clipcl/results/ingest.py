@@ -1,0 +1,136 @@
+"""Ingesting the chains' durable records into the results store, idempotently.
+
+:mod:`clipcl.results.records` stays the source of truth: ingesting a chain again always
+converges the store to its records (rows of tasks no longer finished leave), and a root is
+re-ingested only where a chain's records changed since (a signature of its state and rows
+files). The functions here work on a store's connection; :class:`ResultsStore` calls them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from clipcl.errors import ClipclError
+from clipcl.results.records import ZEROSHOT, EvalRow, RunDir, TaskRecord
+from clipcl.results.rows import ChainRecord
+from clipcl.results.schema import upsert_chain, write
+
+__all__ = ["ingest_chain", "ingest_root", "signature"]
+
+
+def signature(records: RunDir) -> str:
+    """Changes whenever the chain's state or rows change (atomic replace, append)."""
+    parts = []
+    for path in (records.state_path, records.rows_path):
+        try:
+            st = path.stat()
+            parts.append(f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}")
+        except FileNotFoundError:
+            parts.append("-")
+    return "|".join(parts)
+
+
+def ingest_chain(conn: sqlite3.Connection, chain_id: str, run_dir: Path) -> int:
+    """Upsert a chain's finished eval rows and tasks from its run directory.
+
+    Rows of tasks no longer finished (a recomputed task) are removed, so the store always
+    mirrors :meth:`RunDir.finished_rows`. A chain unknown to the store is recorded
+    from its ``spec.json``. When every task is finished (the number of tasks from the store,
+    else from the chain's records) the chain becomes ``done``.
+
+    Returns:
+        The number of eval rows stored for the chain.
+
+    Raises:
+        ClipclError: If the run directory's records cannot be read.
+    """
+    records = RunDir(run_dir)
+    sig = signature(records)  # before reading: a later write changes it again
+    try:
+        state = records.load_state()  # one snapshot of the finished tasks
+        rows = records.read_rows()
+        known = conn.execute("SELECT num_tasks FROM chains WHERE chain_id = ?", (chain_id,))
+        row = known.fetchone()
+        spec = None if row else json.loads(records.spec_path.read_text())
+    except (OSError, ValueError) as exc:
+        msg = f"cannot read the records of chain {chain_id} in {run_dir}: {exc}"
+        raise ClipclError(msg) from None
+    completed = state.completed
+    done = set(completed) | ({ZEROSHOT} if state.zeroshot_done else set())
+    num_tasks = row[0] if row and row[0] is not None else state.num_tasks
+    rows = [r for r in rows if r.trained_task in done]
+    with write(conn) as c:
+        if spec is not None:
+            upsert_chain(c, ChainRecord.from_spec(chain_id, spec), replace=False)
+        _put_rows(c, chain_id, completed, rows, done)
+        last = max((v.finished_at or 0 for v in completed.values()), default=0)
+        if num_tasks is not None and len(completed) >= num_tasks:
+            c.execute(
+                "UPDATE chains SET state = 'done', finished = ?, error = NULL, "
+                "num_tasks = COALESCE(num_tasks, ?) WHERE chain_id = ? AND state != 'done'",
+                (last or time.time(), num_tasks, chain_id),
+            )
+        c.execute("UPDATE chains SET ingest_sig = ? WHERE chain_id = ?", (sig, chain_id))
+        query = "SELECT COUNT(*) FROM eval_rows WHERE chain_id = ?"
+        return int(c.execute(query, (chain_id,)).fetchone()[0])
+
+
+def _put_rows(
+    c: sqlite3.Connection,
+    chain_id: str,
+    completed: Mapping[int, TaskRecord],
+    rows: list[EvalRow],
+    done: set[int],
+) -> None:
+    """Upsert tasks, eval rows and task names; drop those of tasks no longer finished."""
+    names = {r.eval_task: r.eval_name for r in rows}
+    names.update({r.trained_task: r.trained_name for r in rows})
+    c.executemany(
+        "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?)",
+        [(chain_id, k, names.get(k), v.finished_at, v.seconds) for k, v in completed.items()],
+    )
+    c.executemany(
+        "INSERT OR REPLACE INTO eval_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (chain_id, r.trained_task, r.eval_task, r.trained_name, r.eval_name)
+            + (r.correct, r.total, r.top1 if r.total else None)
+            for r in rows
+        ],
+    )
+    stale = "chain_id = ? AND {} NOT IN (SELECT value FROM json_each(?))"
+    keep = (chain_id, json.dumps(sorted(completed)))
+    c.execute("DELETE FROM tasks WHERE " + stale.format("task_index"), keep)
+    keep = (chain_id, json.dumps(sorted(done)))
+    c.execute("DELETE FROM eval_rows WHERE " + stale.format("trained_task"), keep)
+    c.execute(
+        "UPDATE chains SET task_names_json = json_patch(task_names_json, ?) WHERE chain_id = ?",
+        (json.dumps({str(k): v for k, v in sorted(names.items())}), chain_id),
+    )
+
+
+def ingest_root(conn: sqlite3.Connection, root: Path) -> int:
+    """Ingest every chain directory with a ``spec.json`` under ``<root>/chains/``.
+
+    Chains whose records did not change since their last ingestion are skipped.
+
+    Returns:
+        The number of chains (re)ingested.
+    """
+    chains_dir = RunDir.chains_dir(root)
+    if not chains_dir.is_dir():
+        return 0
+    sigs = dict(conn.execute("SELECT chain_id, ingest_sig FROM chains").fetchall())
+    count = 0
+    for run_dir in sorted(chains_dir.iterdir()):
+        records = RunDir(run_dir)
+        if not records.has_spec():
+            continue
+        if run_dir.name in sigs and sigs[run_dir.name] == signature(records):
+            continue
+        ingest_chain(conn, run_dir.name, run_dir)
+        count += 1
+    return count

@@ -1,0 +1,89 @@
+"""Provenance of results: which code, packages and machine produced them, and config hashes.
+
+Owns :func:`collect_provenance` (git commit and dirty flag via ``git`` subprocesses, package
+versions, host, python, platform, device) and :func:`config_hash` (the hash that groups the
+seeds of one setting). Nothing here raises: provenance must never make a run fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["collect_provenance", "config_hash"]
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_VERSIONED = ("clipcl", "torch", "open_clip_torch", "ray")
+
+
+def config_hash(spec: Mapping[str, Any]) -> str:
+    """Hash of a resolved spec without ``seed`` and ``keep_checkpoints``: seeds of one setting
+    share it."""
+    rest = {k: v for k, v in spec.items() if k not in ("seed", "keep_checkpoints")}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _run(args: list[str]) -> str | None:
+    try:
+        done = subprocess.run(
+            args, cwd=_PACKAGE_DIR, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _device() -> str | None:
+    torch = sys.modules.get("torch")  # never import torch just to describe the machine
+    if torch is None:
+        return None
+    try:
+        return str(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else "cpu"
+    except Exception:  # noqa: BLE001 - provenance must never fail
+        return None
+
+
+def collect_provenance(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Describe the code and machine producing results; never raises.
+
+    Args:
+        config: The sweep or chain configuration to hash (``config_hash``), if any.
+
+    Returns:
+        git commit and dirty flag of the package's repository (None outside a git checkout),
+        package versions, host, python, platform, device (when torch is already imported),
+        config hash and time.
+    """
+    commit = _run(["git", "rev-parse", "HEAD"])
+    status = _run(["git", "--no-optional-locks", "status", "--porcelain"]) if commit else None
+    digest = None
+    if config is not None:
+        text = json.dumps(config, sort_keys=True, default=str)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return {
+        "git_commit": commit,
+        "git_dirty": None if status is None else bool(status),
+        "versions": {name: _version(name) for name in _VERSIONED},
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": _device(),
+        "config_hash": digest,
+        "time": time.time(),
+    }

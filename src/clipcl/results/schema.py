@@ -1,0 +1,169 @@
+"""The results database: its schema, version and migration, connections and shared statements.
+
+Owns the DDL of ``<root>/clipcl.sqlite`` (sweeps, chains, sweep_chains, tasks, eval_rows,
+provenance, jobs), :data:`SCHEMA_VERSION` and the upgrade of older files, how a connection is
+opened (WAL, busy timeout, foreign keys), the ``BEGIN IMMEDIATE`` write transaction, and the
+statements that several writers share (the chain upsert, the sweep filter).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from clipcl.errors import ClipclError, unknown_name
+from clipcl.results.provenance import config_hash
+from clipcl.results.rows import ChainRecord
+
+__all__ = ["BUSY_TIMEOUT_S", "DB_NAME", "SCHEMA_VERSION", "STATES", "connect", "write"]
+
+DB_NAME = "clipcl.sqlite"
+STATES = ("new", "queued", "running", "done", "failed", "cancelled")
+BUSY_TIMEOUT_S = 30.0
+SCHEMA_VERSION = 2  # 2: the jobs table (scheduler jobs of each chain)
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS sweeps (
+    name TEXT PRIMARY KEY, source TEXT, config_json TEXT NOT NULL DEFAULT '{{}}',
+    created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS chains (
+    chain_id TEXT PRIMARY KEY, method TEXT NOT NULL, benchmark TEXT NOT NULL, protocol TEXT,
+    seed INTEGER, settings_json TEXT NOT NULL DEFAULT '{{}}',
+    spec_json TEXT NOT NULL DEFAULT '{{}}', config_hash TEXT, num_tasks INTEGER,
+    task_names_json TEXT NOT NULL DEFAULT '{{}}',
+    state TEXT NOT NULL DEFAULT 'new' CHECK (state IN {STATES}),
+    backend TEXT, job_id TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    submitted REAL, started REAL, finished REAL, error TEXT, ingest_sig TEXT);
+CREATE INDEX IF NOT EXISTS chains_state ON chains (state);
+CREATE TABLE IF NOT EXISTS sweep_chains (
+    sweep TEXT NOT NULL REFERENCES sweeps (name) ON DELETE CASCADE,
+    chain_id TEXT NOT NULL REFERENCES chains (chain_id) ON DELETE CASCADE,
+    PRIMARY KEY (sweep, chain_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sweep_chains_chain ON sweep_chains (chain_id);
+CREATE TABLE IF NOT EXISTS tasks (
+    chain_id TEXT NOT NULL REFERENCES chains (chain_id) ON DELETE CASCADE,
+    task_index INTEGER NOT NULL, name TEXT, finished_at REAL, seconds REAL,
+    PRIMARY KEY (chain_id, task_index)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS eval_rows (
+    chain_id TEXT NOT NULL REFERENCES chains (chain_id) ON DELETE CASCADE,
+    trained_task INTEGER NOT NULL, eval_task INTEGER NOT NULL, trained_name TEXT, eval_name TEXT,
+    correct INTEGER NOT NULL, total INTEGER NOT NULL, top1 REAL,
+    PRIMARY KEY (chain_id, trained_task, eval_task)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS provenance (
+    scope TEXT NOT NULL CHECK (scope IN ('sweep', 'chain')), owner TEXT NOT NULL,
+    key TEXT NOT NULL, value_json TEXT, PRIMARY KEY (scope, owner, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    chain_id TEXT NOT NULL REFERENCES chains (chain_id) ON DELETE CASCADE,
+    backend TEXT NOT NULL, first_task INTEGER, last_task INTEGER, log_dir TEXT,
+    state TEXT NOT NULL DEFAULT 'queued', submitted REAL NOT NULL, updated REAL);
+CREATE INDEX IF NOT EXISTS jobs_chain ON jobs (chain_id);
+PRAGMA user_version = {SCHEMA_VERSION}
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open ``path`` (autocommit; WAL; 30 s busy timeout; foreign keys) with the schema current.
+
+    Raises:
+        ClipclError: If the file was written by a newer clipcl (a higher schema version).
+    """
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    conn.execute("PRAGMA journal_mode = WAL")  # persistent; a no-op once set
+    conn.execute("PRAGMA synchronous = NORMAL")  # WAL stays consistent; rows re-ingest
+    conn.execute("PRAGMA foreign_keys = ON")
+    try:
+        _migrate(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the schema, or bring an older one up to :data:`SCHEMA_VERSION`.
+
+    Every statement is ``IF NOT EXISTS``: version 1 files gain the jobs table.
+    """
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise ClipclError(
+            f"{path} has schema version {version}; this clipcl reads up to "
+            f"{SCHEMA_VERSION}: upgrade clipcl"
+        )
+    if version < SCHEMA_VERSION:
+        with write(conn) as c:
+            for statement in _SCHEMA.split(";"):
+                c.execute(statement)
+
+
+@contextmanager
+def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction that takes the write lock up front (no upgrade deadlocks)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def upsert_chain(c: sqlite3.Connection, rec: ChainRecord, *, replace: bool) -> None:
+    """Insert a chain's description; a known chain is refreshed (``replace``) or left alone.
+
+    State, attempts, job and timestamps of a known chain are never touched.
+    """
+    conflict = (
+        "DO UPDATE SET method = excluded.method, benchmark = excluded.benchmark, "
+        "protocol = excluded.protocol, seed = excluded.seed, "
+        "settings_json = excluded.settings_json, spec_json = excluded.spec_json, "
+        "config_hash = excluded.config_hash, num_tasks = excluded.num_tasks"
+        if replace
+        else "DO NOTHING"
+    )
+    c.execute(
+        "INSERT INTO chains (chain_id, method, benchmark, protocol, seed, settings_json, "
+        f"spec_json, config_hash, num_tasks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        f"ON CONFLICT (chain_id) {conflict}",
+        (
+            rec.chain_id,
+            rec.method,
+            rec.benchmark,
+            rec.protocol,
+            rec.seed,
+            json.dumps(dict(rec.settings), sort_keys=True, default=str),
+            json.dumps(dict(rec.spec), sort_keys=True, default=str),
+            config_hash(rec.spec),
+            rec.num_tasks,
+        ),
+    )
+
+
+def sweep_filter(
+    conn: sqlite3.Connection, path: Path, sweep: str | None, alias: str = "c", check: bool = True
+) -> tuple[str, tuple[str, ...]]:
+    """A ``WHERE`` clause (and its parameters) keeping the chains of ``sweep`` (all if None).
+
+    Args:
+        conn: The store's connection.
+        path: The database file (named in errors).
+        sweep: The sweep's name, or None for every chain.
+        alias: The alias of the queried table that has a ``chain_id`` column.
+        check: Whether an unknown sweep raises (else it simply has no chains).
+
+    Raises:
+        ClipclError: If ``check`` and the sweep is unknown.
+    """
+    if sweep is None:
+        return "", ()
+    if check and conn.execute("SELECT 1 FROM sweeps WHERE name = ?", (sweep,)).fetchone() is None:
+        names = [r[0] for r in conn.execute("SELECT name FROM sweeps ORDER BY name")]
+        raise unknown_name(f"sweep (in {path})", sweep, names)
+    return (
+        f"WHERE {alias}.chain_id IN (SELECT chain_id FROM sweep_chains WHERE sweep = ?)",
+        (sweep,),
+    )
