@@ -129,7 +129,7 @@ def test_rows_of_unfinished_or_recomputed_tasks_leave(tmp_path: Path) -> None:
     with ResultsStore(tmp_path) as store:
         assert store.ingest_chain("c0", records.run_dir) == 12
         state = records.load_state()
-        del state["completed"]["2"]  # task 2's checkpoint was bad: it will be recomputed
+        del state.completed[2]  # task 2's checkpoint was bad: it will be recomputed
         records.save_state(state)
         assert store.ingest_chain("c0", records.run_dir) == 9
         assert store.chain_progress()[0].tasks_done == 2

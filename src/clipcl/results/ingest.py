@@ -53,21 +53,22 @@ def ingest_chain(conn: sqlite3.Connection, chain_id: str, run_dir: Path) -> int:
     try:
         state = records.load_state()  # one snapshot of the finished tasks
         rows = records.read_rows()
-        known = conn.execute("SELECT num_tasks FROM chains WHERE chain_id = ?", (chain_id,))
-        row = known.fetchone()
-        spec = None if row else json.loads(records.spec_path.read_text())
+        known = conn.execute("SELECT 1 FROM chains WHERE chain_id = ?", (chain_id,))
+        spec = None if known.fetchone() else json.loads(records.spec_path.read_text())
     except (OSError, ValueError) as exc:
         msg = f"cannot read the records of chain {chain_id} in {run_dir}: {exc}"
         raise ClipclError(msg) from None
     completed = state.completed
     done = set(completed) | ({ZEROSHOT} if state.zeroshot_done else set())
-    num_tasks = row[0] if row and row[0] is not None else state.num_tasks
     rows = [r for r in rows if r.trained_task in done]
     with write(conn) as c:
         if spec is not None:
             upsert_chain(c, ChainRecord.from_spec(chain_id, spec), replace=False)
         _put_rows(c, chain_id, completed, rows, done)
         last = max((v.finished_at or 0 for v in completed.values()), default=0)
+        stored = c.execute("SELECT num_tasks FROM chains WHERE chain_id = ?", (chain_id,))
+        num_tasks = stored.fetchone()[0]
+        num_tasks = num_tasks if num_tasks is not None else state.num_tasks
         if num_tasks is not None and len(completed) >= num_tasks:
             c.execute(
                 "UPDATE chains SET state = 'done', finished = ?, error = NULL, "

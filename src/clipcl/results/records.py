@@ -255,8 +255,10 @@ class RunDir:
             return ChainState()
         return ChainState.from_json(json.loads(self.state_path.read_text()))
 
-    def save_state(self, state: ChainState) -> None:
-        atomic_write_json(self.state_path, state.to_json())
+    def save_state(self, state: ChainState | Mapping[str, Any]) -> None:
+        """Replace ``state.json`` atomically (a mapping is checked as ``state.json`` content)."""
+        typed = state if isinstance(state, ChainState) else ChainState.from_json(state)
+        atomic_write_json(self.state_path, typed.to_json())
 
     def completed(self) -> dict[int, TaskRecord]:
         """Finished task index → its record."""

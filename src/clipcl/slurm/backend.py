@@ -30,7 +30,7 @@ from clipcl.orchestrator.state import reconcile
 from clipcl.results.records import RunDir
 from clipcl.slurm import commands
 from clipcl.slurm.commands import Runner, SlurmError, default_runner, job_states, scancel
-from clipcl.slurm.track import ACTIVE, Backoff, cancel_jobs, latest_jobs, refresh
+from clipcl.slurm.track import ACTIVE, BACKEND_NAME, Backoff, cancel_jobs, latest_jobs, refresh
 
 
 class SacctWatcher:
@@ -177,7 +177,7 @@ class SlurmBackend:
         max_array: Split arrays at this size (default: the cluster's ``MaxArraySize``).
     """
 
-    name = "slurm"
+    name = BACKEND_NAME
     outlives_submitter = True
 
     def __init__(

@@ -18,9 +18,10 @@ def chain_log_files(root: Path, chain_id: str) -> list[Path]:
     files: list[Path] = []
     if (Path(root) / "clipcl.sqlite").is_file():
         from clipcl.results.store import ResultsStore
+        from clipcl.slurm.track import BACKEND_NAME
 
         with ResultsStore(root) as store:
-            jobs = store.jobs([chain_id], backend="slurm")
+            jobs = store.jobs([chain_id], backend=BACKEND_NAME)
         for job in jobs:
             if job.log_dir is not None:
                 files += [p for p in _submitit_paths(job.log_dir, job.job_id) if p.is_file()]

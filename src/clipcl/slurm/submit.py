@@ -29,6 +29,7 @@ import submitit
 from clipcl.resources import Resources
 from clipcl.slurm.commands import SlurmError
 from clipcl.slurm.settings import SlurmSettings, submitit_parameters
+from clipcl.slurm.track import BACKEND_NAME
 
 #: USR2 earlier than this before the end time cannot be the time-limit warning (which Slurm
 #: may send up to a minute early): it is a preemption notice, acted on at once.
@@ -206,7 +207,7 @@ def submit_chains(
             {
                 "job_id": job_id,
                 "chain_id": chain.chain_id,
-                "backend": "slurm",
+                "backend": BACKEND_NAME,
                 "first_task": first,
                 "last_task": last,
                 "log_dir": folder,

@@ -19,6 +19,9 @@ from clipcl.results.records import RunDir
 from clipcl.results.store import JobRow, ResultsStore
 from clipcl.slurm.commands import Runner, default_runner, job_states, scancel
 
+#: The name of the Slurm backend in the store (``chains.backend``, ``jobs.backend``).
+BACKEND_NAME = "slurm"
+
 
 def latest_jobs(jobs: Iterable[JobRow]) -> dict[str, list[JobRow]]:
     """chain id → its jobs of the most recent submission (ordered by first task)."""
@@ -70,9 +73,9 @@ def refresh(
     rows = {r.chain_id: r for r in store.chain_progress()}
     wanted = set(chain_ids) if chain_ids is not None else None
     slurm_chains = {
-        c for c, r in rows.items() if r.backend == "slurm" and (wanted is None or c in wanted)
+        c for c, r in rows.items() if r.backend == BACKEND_NAME and (wanted is None or c in wanted)
     }
-    latest = latest_jobs(store.jobs(slurm_chains, backend="slurm"))
+    latest = latest_jobs(store.jobs(slurm_chains, backend=BACKEND_NAME))
     # chains still active in the store, and finished chains whose last job has not ended yet
     active_chains = {
         c
@@ -106,7 +109,7 @@ def cancel_jobs(
     """scancel every active job of ``chain_ids`` (one call); return how many were asked."""
     active = [
         j.job_id
-        for js in latest_jobs(store.jobs(chain_ids, backend="slurm")).values()
+        for js in latest_jobs(store.jobs(chain_ids, backend=BACKEND_NAME)).values()
         for j in js
         if j.state in ACTIVE
     ]
