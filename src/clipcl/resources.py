@@ -13,15 +13,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic._internal._model_construction import ModelMetaclass  # BaseModel's metaclass
 
 from clipcl.errors import ClipclError
 from clipcl.validation import format_validation_error
 
 __all__ = ["Resources"]
 
+#: BaseModel's metaclass, taken from the class itself (its module is pydantic's private one).
+_ModelMeta: Any = type(BaseModel)
 
-class _ClipclErrors(ModelMetaclass):
+
+class _ClipclErrors(_ModelMeta):
     """Turns the ValidationError of a direct construction into a one-line ClipclError.
 
     Only calls of the class go through here: a ``Resources`` validated as part of another
