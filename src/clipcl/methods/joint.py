@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from clipcl.data import Task
+from clipcl.data import Task, cycle, make_loader
 from clipcl.methods.base import StepOutputs, TaskContext
 from clipcl.methods.finetune import Finetune, FinetuneConfig
 from clipcl.methods.registry import register_method
@@ -31,11 +31,6 @@ class JointConfig(FinetuneConfig):
     batch_size: int = Field(64, ge=1, description="Batch size of each other task's batches.")
 
 
-def _cycle(loader) -> Iterator:
-    while True:
-        yield from loader
-
-
 @register_method
 class Joint(Finetune):
     """Multi-task training on the tasks in scope (an upper bound, not a continual learner)."""
@@ -46,8 +41,6 @@ class Joint(Finetune):
 
     def before_task(self, ctx: TaskContext) -> None:
         super().before_task(ctx)
-        from clipcl.workers.train import make_loader
-
         tasks = ctx.benchmark.tasks
         others = tasks[: ctx.index] if self.config.scope == "seen" else tasks
         self._others: list[tuple[Task, Iterator]] = []
@@ -63,7 +56,7 @@ class Joint(Finetune):
                 num_workers=0,
                 pin_memory=False,
             )
-            self._others.append((task, _cycle(loader)))
+            self._others.append((task, cycle(loader)))
 
     def extra_loss(
         self, batch: tuple[torch.Tensor, torch.Tensor], outputs: StepOutputs

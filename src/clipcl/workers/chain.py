@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipcl.data import Benchmark, get_benchmark
+from clipcl.data import Benchmark, get_benchmark, make_loader
 from clipcl.durable import atomic_write_json
 from clipcl.errors import ClipclError
 from clipcl.methods import Method, TaskContext, create_method
@@ -38,7 +38,7 @@ from clipcl.results.metrics import cil_metrics, mtil_metrics
 from clipcl.results.records import ZEROSHOT, ChainRecords
 from clipcl.workers.evaluate import evaluate
 from clipcl.workers.spec import ChainSpec
-from clipcl.workers.train import make_loader, train_task
+from clipcl.workers.train import train_task
 
 
 @dataclass

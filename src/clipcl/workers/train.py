@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from clipcl.data import cycle, make_loader
 from clipcl.methods import Method, StepOutputs, TaskContext
 from clipcl.models import ClipModel, autocast
 from clipcl.schedules import constant, multistep, warmup_cosine
 from clipcl.workers.spec import TrainConfig
 
+__all__ = ["lr_at", "make_loader", "make_optimizer", "train_task"]  # make_loader: moved to data
+
 StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
-
-
-def make_loader(
-    dataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int, pin_memory: bool
-) -> DataLoader:
-    """A DataLoader whose shuffling order depends only on ``seed``."""
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=g,
-        num_workers=num_workers,
-        drop_last=shuffle and len(dataset) >= batch_size,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-    )
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, lr: float):
@@ -50,11 +36,6 @@ def lr_at(cfg: TrainConfig, step: int, base_lr: float, steps: int) -> float:
     if cfg.schedule == "constant":
         return constant(step, base_lr, cfg.warmup_steps)
     return warmup_cosine(step, base_lr, cfg.warmup_steps, steps)
-
-
-def _cycle(loader: DataLoader) -> Iterator:
-    while True:
-        yield from loader
 
 
 def train_task(
@@ -90,7 +71,7 @@ def train_task(
 
     model.train()
     recent: list[float] = []
-    batches = _cycle(loader)
+    batches = cycle(loader)
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, step, base_lr, steps)
