@@ -76,7 +76,7 @@ def test_rebalancing_across_tasks_truncates_herding_order(smoke) -> None:
     ]
     previous: dict[tuple[int, int], list[int]] = {}
     for k, task in enumerate(smoke.tasks):
-        ctx = TaskContext(index=k, task=task, benchmark=smoke)
+        ctx = TaskContext(index=k, task=task, benchmark=smoke, seed=0)
         method.before_task(ctx)
         method.after_task(ctx, DataLoader(task.train, batch_size=64))
         counts = method.exemplar_counts()
@@ -100,7 +100,7 @@ def test_state_dict_round_trip_through_a_checkpoint(smoke) -> None:
     model = _tiny_model()
     method = _icarl(memory_size=12)
     method.setup(model)
-    ctx = TaskContext(index=0, task=smoke.tasks[0], benchmark=smoke)
+    ctx = TaskContext(index=0, task=smoke.tasks[0], benchmark=smoke, seed=0)
     method.before_task(ctx)
     method.after_task(ctx, DataLoader(smoke.tasks[0].train, batch_size=32))
     buf = io.BytesIO()
@@ -147,7 +147,7 @@ def test_extra_loss_is_the_teacher_entropy_when_student_equals_teacher(smoke) ->
     dummy = StepOutputs(torch.zeros(1, 4), torch.zeros(1, 64))
     batch = (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.zeros(1, dtype=torch.long))
     for k in range(2):
-        ctx = TaskContext(index=k, task=smoke.tasks[k], benchmark=smoke)
+        ctx = TaskContext(index=k, task=smoke.tasks[k], benchmark=smoke, seed=0)
         torch.manual_seed(k)
         method.before_task(ctx)
         if k == 0:

@@ -19,7 +19,7 @@ def _others(scope: str, index: int) -> list[str]:
     method = create_method("joint", {"scope": scope, "batch_size": 8})
     method.setup(model)
     bench = get_benchmark("smoke")
-    method.before_task(TaskContext(index=index, task=bench.tasks[index], benchmark=bench))
+    method.before_task(TaskContext(index=index, task=bench.tasks[index], benchmark=bench, seed=0))
     return [t.name for t, _ in method._others]
 
 

@@ -47,7 +47,7 @@ def _features(model: ClipModel) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _ctx(index: int = 0) -> TaskContext:
     bench = get_benchmark("smoke")
-    return TaskContext(index=index, task=bench.tasks[index], benchmark=bench)
+    return TaskContext(index=index, task=bench.tasks[index], benchmark=bench, seed=0)
 
 
 def _perturb(method: LoRAMethod) -> None:

@@ -97,7 +97,7 @@ def test_classifier_hook_drives_training_and_evaluation() -> None:
     method.setup(model)
     model.requires_grad_(False)
     model.clip.visual.proj.requires_grad_(True)
-    ctx = TaskContext(0, bench.tasks[0], bench)
+    ctx = TaskContext(0, bench.tasks[0], bench, seed=0)
     cfg = TrainConfig(iterations=3, batch_size=16, warmup_steps=0, optimizer="sgd", lr=1e-12)
 
     def loader():

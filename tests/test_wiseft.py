@@ -43,7 +43,7 @@ def test_after_each_task_weights_are_the_exact_interpolation(train_mode: str) ->
     method.setup(model)
     bench = get_benchmark("smoke")
     for k in range(2):  # task 1 checks that θ_{t−1} is task 0's interpolated weights
-        ctx = TaskContext(index=k, task=bench.tasks[k], benchmark=bench)
+        ctx = TaskContext(index=k, task=bench.tasks[k], benchmark=bench, seed=0)
         method.before_task(ctx)
         start = _snapshot(model)  # θ_{t−1} (incl. the new head's initialisation)
         loader = make_loader(

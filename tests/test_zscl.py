@@ -36,7 +36,7 @@ def _method(**kw):
     method = create_method("zscl", {"reference_size": 64, "reference_batch_size": 8, **kw})
     method.setup(model)
     bench = get_benchmark("smoke")
-    ctx = TaskContext(index=0, task=bench.tasks[0], benchmark=bench)
+    ctx = TaskContext(index=0, task=bench.tasks[0], benchmark=bench, seed=0)
     torch.manual_seed(0)
     method.before_task(ctx)
     return model, method, ctx

@@ -23,6 +23,7 @@ is restored with ``load_state_dict``).
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -47,7 +48,24 @@ class TaskContext:
     index: int
     task: Task
     benchmark: Benchmark
+    #: The task's seed: the worker's derived per-task seed ``seed_everything(spec.seed, index)``,
+    #: which also orders the task's training batches. A function of (chain seed, task) alone, so
+    #: a resumed chain re-derives it; methods draw from ``generator(...)``, never the global RNG.
+    seed: int
     data_root: str | None = None  # the chain's data root (relative method paths resolve here)
+
+    def stream_seed(self, stream: str) -> int:
+        """A seed for the method's random stream ``stream`` (a name such as "exemplars"): a
+        deterministic function of (task seed, stream), distinct per stream."""
+        salt = zlib.crc32(stream.encode())
+        return (self.seed * 1_000_003 + salt) % 2**63
+
+    def generator(self, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
+        """A fresh ``torch.Generator`` on ``device`` seeded with ``stream_seed(stream)``.
+
+        Built again from (seed, stream) in the same hook on resume, so it is never saved.
+        """
+        return torch.Generator(device=device).manual_seed(self.stream_seed(stream))
 
 
 @dataclass

@@ -315,7 +315,9 @@ class DMNSP(Method):
         assert self.model is not None
         data = ctx.task.train
         count = len(cast(Sized, data))
-        idx = torch.randperm(count)[: self.config.stats_batch_size]
+        idx = torch.randperm(count, generator=ctx.generator("stats"))[
+            : self.config.stats_batch_size
+        ]
         images, _ = default_collate([data[int(i)] for i in idx])
         covs: dict[int, torch.Tensor] = {}
 

@@ -296,8 +296,7 @@ class GPM(Method):
         model = self.model
         assert model is not None
         cfg = self.config
-        seed = (torch.initial_seed() * 1_000_003 + ctx.index) % 2**63
-        subset = representation_subset(ctx.task.train, cfg.samples, seed)
+        subset = representation_subset(ctx.task.train, cfg.samples, ctx.stream_seed("samples"))
         batches = DataLoader(
             subset,
             batch_size=loader.batch_size or 64,

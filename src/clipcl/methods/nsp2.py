@@ -395,6 +395,7 @@ class NSP2(Method):
             raise RuntimeError(f"{n_cls} class statistics for {text.shape[0]} seen classes")
         targets = torch.arange(n_cls, device=dev).repeat_interleave(s)  # (C·S,)
         scale = model.logit_scale().detach()
+        gen = ctx.generator("refine", device=dev)  # pseudo-features and their order
         proj.requires_grad_(True)
         opt = torch.optim.SGD(
             [proj],
@@ -404,9 +405,10 @@ class NSP2(Method):
         )
         with torch.enable_grad():
             for _ in range(cfg.refine_epochs):
-                z = torch.randn(n_cls, s, mean.shape[1], device=dev, dtype=mean.dtype)  # (C, S, W)
+                shape = (n_cls, s, mean.shape[1])
+                z = torch.randn(shape, generator=gen, device=dev, dtype=mean.dtype)  # (C, S, W)
                 x = (mean[:, None] + z @ tril.transpose(1, 2)).reshape(n_cls * s, -1)  # (C·S, W)
-                order = torch.randperm(n_cls * s, device=dev)
+                order = torch.randperm(n_cls * s, generator=gen, device=dev)
                 for idx in order.split(cfg.refine_batch_size):
                     logits = scale * F.normalize(x[idx] @ proj, dim=-1) @ text.t()  # (b, C)
                     loss = F.cross_entropy(logits, targets[idx])

@@ -201,11 +201,12 @@ class PGP(Method):
         model.requires_grad_(False)
 
     # ----- modules -----
-    def _init_context(self, task: Task) -> torch.Tensor:
+    def _init_context(self, ctx: TaskContext) -> torch.Tensor:
         assert self.model is not None
-        init = self.config.ctx_init
+        init, task = self.config.ctx_init, ctx.task
         if init == "random":
-            return random_context(self.config.n_ctx, self.contexts.width, self.model.device)
+            width, gen = self.contexts.width, ctx.generator("context")
+            return random_context(self.config.n_ctx, width, self.model.device, gen)
         if init == "template":
             template = task.templates[0]
             init = template.split("{}")[0].strip()
@@ -221,7 +222,7 @@ class PGP(Method):
         key = context_key(ctx.task.name)
         current = self.contexts.get(key)
         if current is None:
-            current = self.contexts.add(key, self._init_context(ctx.task))
+            current = self.contexts.add(key, self._init_context(ctx))
         self.model.requires_grad_(False)
         self.prompt.prompt.requires_grad_(True)
         current.requires_grad_(True)
