@@ -48,10 +48,11 @@ def train_task(
 ) -> float:
     """Train ``ctx.task`` for the configured steps; return the mean loss of the last 10 steps.
 
-    Per step: learning rate of the step → forward (autocast) with the method's classifier (or
-    the task's head / text embeddings) → CE with label smoothing over the task's classes
-    + ``method.extra_loss`` → backward → ``after_backward`` → clip → optimizer step →
-    ``after_step``.
+    A fresh optimizer over the parameters that require grad (after ``before_task``). Per step:
+    learning rate of the step → under autocast: forward with the method's classifier (or the
+    task's head / text embeddings) and ``method.extra_loss`` → CE with label smoothing over the
+    task's classes + the extra term → backward → ``after_backward`` → clip → optimizer step →
+    ``after_step``. The order is written out in ``clipcl.methods.base``.
     """
     task = ctx.task
     params = [p for p in model.parameters() if p.requires_grad]
@@ -94,9 +95,9 @@ def train_task(
                         ).float()
                 classifier = fixed_text  # (C, D)
             logits = model.logit_scale() * feats @ classifier.t()  # (B, C)
-        outputs = StepOutputs(logits=logits.float(), image_features=feats.float())
+            outputs = StepOutputs(logits=logits.float(), image_features=feats.float())
+            extra = method.extra_loss((images, labels), outputs)  # its forwards autocast too
         loss = F.cross_entropy(outputs.logits, labels, label_smoothing=cfg.label_smoothing)
-        extra = method.extra_loss((images, labels), outputs)
         if extra is not None:
             loss = loss + extra
         optimizer.zero_grad(set_to_none=True)
