@@ -17,7 +17,8 @@ from clipcl.methods import StepOutputs, TaskContext, create_method, method_confi
 from clipcl.methods.icarl import Icarl, IcarlConfig, allocate, distillation, herding
 from clipcl.models import ModelConfig, build_model
 from clipcl.results.records import ChainRecords
-from clipcl.workers import ChainSpec, run_chain
+from clipcl.workers import run_chain
+from tests.helpers import icarl_chain_spec
 
 
 def _icarl(**knobs) -> Icarl:
@@ -173,38 +174,16 @@ def test_extra_loss_is_the_teacher_entropy_when_student_equals_teacher(smoke) ->
 
 
 # ----- a whole chain -----
-def _spec(distill_weight: float = 1.0) -> ChainSpec:
-    return ChainSpec.build(
-        {
-            "model": {"arch": "tiny"},
-            "benchmark": "smoke",
-            "method": {
-                "name": "icarl",
-                "memory_size": 24,
-                "batch_size": 8,
-                "distill_weight": distill_weight,
-            },
-            "train": {"iterations": 3, "batch_size": 16, "warmup_steps": 1},
-            "seed": 3,
-            "keep_checkpoints": 0,
-        }
-    )
-
-
-def test_chain_runs_and_resumes_to_the_identical_matrix(tmp_path: Path) -> None:
-    spec = _spec()
-    full = run_chain(spec, tmp_path / "full")
+def test_chain_distills_its_exemplars_and_checkpoints_them(tmp_path: Path, resume_runs) -> None:
+    # The resume after task 1 (same matrix, weights, exemplars) is in test_resume_all_methods.py.
+    runs = resume_runs("icarl")
+    full = runs.full
     assert full.matrix.shape == (3, 3) and not np.isnan(full.matrix).any()
-    part = run_chain(spec, tmp_path / "split", until_task=2)
-    assert part.trained_now == [0, 1]
-    rest = run_chain(spec, tmp_path / "split")
-    assert rest.trained_now == [2]
-    np.testing.assert_array_equal(rest.matrix, full.matrix)
     # Without the exemplars the resumed task would have trained like a chain without KD.
-    plain = run_chain(_spec(distill_weight=0.0), tmp_path / "plain")
+    plain = run_chain(icarl_chain_spec(distill_weight=0.0), tmp_path / "plain")
     np.testing.assert_array_equal(plain.matrix[0], full.matrix[0])
     assert not np.array_equal(plain.matrix[2], full.matrix[2])
-    records = ChainRecords(tmp_path / "full")
+    records = ChainRecords(runs.full_dir)
     ckpt = torch.load(records.checkpoint_path(2), weights_only=True)
     state = ckpt["method"]
     assert len(state["index"]) == 24  # 24 over 12 classes: 2 each

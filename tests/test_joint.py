@@ -11,7 +11,7 @@ from clipcl.data import get_benchmark
 from clipcl.methods import TaskContext, create_method
 from clipcl.models import ModelConfig, build_model
 from clipcl.workers import run_chain
-from tests.conftest import tiny_spec
+from tests.helpers import tiny_spec
 
 
 def _others(scope: str, index: int) -> list[str]:

@@ -16,7 +16,7 @@ from clipcl.schedules import constant, multistep
 from clipcl.workers.evaluate import evaluate
 from clipcl.workers.spec import ChainSpec, TrainConfig
 from clipcl.workers.train import lr_at, make_loader, make_optimizer, train_task
-from tests.conftest import tiny_spec
+from tests.helpers import tiny_spec
 
 
 def test_multistep_and_constant_schedules() -> None:
