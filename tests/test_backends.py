@@ -29,7 +29,7 @@ from clipcl.orchestrator import (
 from clipcl.results.records import RunDir
 from clipcl.sweeps.schema import Resources as SweepResources
 from clipcl.workers import ChainSpec, run_chain
-from tests.conftest import smoke_spec
+from tests.helpers import smoke_spec
 
 WORKER = [sys.executable, "-m", "clipcl.workers"]
 

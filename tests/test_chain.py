@@ -16,7 +16,7 @@ import pytest
 from clipcl.errors import ClipclError
 from clipcl.results.records import RunDir
 from clipcl.workers import run_chain
-from tests.conftest import tiny_spec
+from tests.helpers import tiny_spec
 
 CLIPCL = [sys.executable, "-m", "clipcl.cli"]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import clipcl_inprocess
+from tests.helpers import clipcl_inprocess
 
 _SCRIPT = Path(sys.executable).parent / "clipcl"
 _BASE_CMD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "clipcl.cli"]

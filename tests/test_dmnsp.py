@@ -5,8 +5,6 @@ AdamW step, Adapter-Seq (``project: false``), resume, strict config."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -21,9 +19,8 @@ from clipcl.models import ClipModel, build_model, load_checkpoint
 from clipcl.models.adapters import Adapter, adapter_parameters, adapters_of, add_adapters
 from clipcl.models.factory import ModelConfig
 from clipcl.results.records import RunDir
-from clipcl.workers import run_chain
 from clipcl.workers.train import make_loader, train_task
-from tests.conftest import cil_context, method_on, tiny_model, tiny_spec
+from tests.helpers import cil_context, method_on, tiny_model, tiny_spec
 
 # The tiny CLIP: image tower 3 blocks × width 96, text tower 2 blocks × width 64.
 TINY = {"image": (3, 96), "text": (2, 64)}
@@ -308,25 +305,14 @@ def test_project_false_is_adapter_seq() -> None:
     assert method.lambdas is None
 
 
-def test_chain_resumed_mid_way_gives_the_same_matrix(tmp_path: Path) -> None:
-    spec = tiny_spec("dmnsp", benchmark="test-cil", iterations=4)
-    full = run_chain(spec, tmp_path / "full")
-    assert not np.isnan(np.diag(full.matrix)).any()
-    ckpt = RunDir(tmp_path / "full").checkpoint_path(1)
+def test_chain_checkpoints_the_faithful_bases(resume_runs) -> None:
+    # The resume after task 1 (same matrix, bit-identical weights and bases) is checked in
+    # test_resume_all_methods.py on the same runs.
+    runs = resume_runs("dmnsp")
+    assert not np.isnan(np.diag(runs.full.matrix)).any()
+    ckpt = RunDir(runs.full_dir).checkpoint_path(1)
     state = load_checkpoint(ckpt, None)["method"]
     assert state["tasks_seen"] == 2 and [b.shape for b in state["bases"]] == [(96, 190)] * 3
-
-    first = run_chain(spec, tmp_path / "resumed", until_task=2)
-    assert first.trained_now == [0, 1]
-    resumed = run_chain(spec, tmp_path / "resumed")
-    assert resumed.trained_now == [2]
-    np.testing.assert_array_equal(resumed.matrix, full.matrix)
-    # Bit-identical weights too (the accuracies alone barely see 4 projected steps).
-    last = [load_checkpoint(RunDir(tmp_path / r).checkpoint_path(2)) for r in ("full", "resumed")]
-    for key, value in last[0]["model"].items():
-        assert torch.equal(value, last[1]["model"][key]), key
-    for a, b in zip(last[0]["method"]["bases"], last[1]["method"]["bases"], strict=True):
-        assert torch.equal(a, b)
 
 
 def test_bad_configs_are_clear_errors() -> None:

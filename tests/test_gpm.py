@@ -4,7 +4,6 @@ update variant, a resumed chain on ``test-cil`` and strict configs."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,10 +21,10 @@ from clipcl.methods.gpm import GPM
 from clipcl.methods.projection import relative_component
 from clipcl.models import ClipModel, load_checkpoint
 from clipcl.results.records import RunDir
-from clipcl.workers import ChainSpec, run_chain
+from clipcl.workers import ChainSpec
 from clipcl.workers.spec import TrainConfig
 from clipcl.workers.train import make_loader, train_task
-from tests.conftest import cil_context, method_on, tiny_model, tiny_spec
+from tests.helpers import cil_context, gpm_chain_spec, method_on, tiny_model, tiny_spec
 
 PREFIX = "visual.transformer.resblocks"
 
@@ -263,32 +262,18 @@ def test_thresholds_grow_per_task_and_the_basis_only_grows() -> None:
 
 
 # ----- chains, state, config -----
-def _chain_spec() -> ChainSpec:
-    return ChainSpec.build(
-        {
-            "model": {"arch": "tiny"},
-            "benchmark": "test-cil",
-            "method": {"name": "gpm", "samples": 32},
-            "train": {"iterations": 6, "batch_size": 32, "warmup_steps": 0, "lr": 0.05},
-        }
-    )
-
-
-def test_chain_resumed_after_one_task_gives_the_same_matrix(tmp_path: Path) -> None:
-    spec = _chain_spec()
+def test_chain_trains_with_the_paper_optimizer_and_checkpoints_the_bases(resume_runs) -> None:
+    # The resume of this chain (same matrix, weights, bases) is in test_resume_all_methods.py.
+    runs = resume_runs("gpm")
+    spec = runs.case.spec
+    assert spec == gpm_chain_spec()
     assert (spec.train.optimizer, spec.train.momentum) == ("sgd", 0.0)  # train_defaults
-    full = run_chain(spec, tmp_path / "full", until_task=2)
+    full = runs.full
     rows = full.matrix[:2]
     assert not np.isnan(rows[np.tril_indices(2)]).any()  # CIL: seen tasks only
     assert not np.array_equal(rows[1, :2], full.zeroshot[:2])  # training changed something
-    state = load_checkpoint(RunDir(tmp_path / "full").checkpoint_path(1), None)["method"]
+    state = load_checkpoint(RunDir(runs.full_dir).checkpoint_path(1), None)["method"]
     assert len(state["bases"]) == 12
-
-    first = run_chain(spec, tmp_path / "resumed", until_task=1)
-    assert first.trained_now == [0]
-    resumed = run_chain(spec, tmp_path / "resumed", until_task=2)
-    assert resumed.trained_now == [1]
-    np.testing.assert_array_equal(resumed.matrix[:2], rows)
 
 
 def test_state_dict_round_trip_and_mismatches() -> None:

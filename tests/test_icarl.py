@@ -17,7 +17,8 @@ from clipcl.methods import StepOutputs, TaskContext, create_method, method_confi
 from clipcl.methods.icarl import Icarl, IcarlConfig, allocate, distillation, herding
 from clipcl.models import ModelConfig, build_model
 from clipcl.results.records import RunDir
-from clipcl.workers import ChainSpec, run_chain
+from clipcl.workers import run_chain
+from tests.helpers import icarl_chain_spec
 
 
 def _icarl(**knobs) -> Icarl:
@@ -76,7 +77,7 @@ def test_rebalancing_across_tasks_truncates_herding_order(smoke) -> None:
     ]
     previous: dict[tuple[int, int], list[int]] = {}
     for k, task in enumerate(smoke.tasks):
-        ctx = TaskContext(index=k, task=task, benchmark=smoke)
+        ctx = TaskContext(index=k, task=task, benchmark=smoke, seed=0)
         method.before_task(ctx)
         method.after_task(ctx, DataLoader(task.train, batch_size=64))
         counts = method.exemplar_counts()
@@ -100,7 +101,7 @@ def test_state_dict_round_trip_through_a_checkpoint(smoke) -> None:
     model = _tiny_model()
     method = _icarl(memory_size=12)
     method.setup(model)
-    ctx = TaskContext(index=0, task=smoke.tasks[0], benchmark=smoke)
+    ctx = TaskContext(index=0, task=smoke.tasks[0], benchmark=smoke, seed=0)
     method.before_task(ctx)
     method.after_task(ctx, DataLoader(smoke.tasks[0].train, batch_size=32))
     buf = io.BytesIO()
@@ -147,7 +148,7 @@ def test_extra_loss_is_the_teacher_entropy_when_student_equals_teacher(smoke) ->
     dummy = StepOutputs(torch.zeros(1, 4), torch.zeros(1, 64))
     batch = (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.zeros(1, dtype=torch.long))
     for k in range(2):
-        ctx = TaskContext(index=k, task=smoke.tasks[k], benchmark=smoke)
+        ctx = TaskContext(index=k, task=smoke.tasks[k], benchmark=smoke, seed=0)
         torch.manual_seed(k)
         method.before_task(ctx)
         if k == 0:
@@ -173,38 +174,16 @@ def test_extra_loss_is_the_teacher_entropy_when_student_equals_teacher(smoke) ->
 
 
 # ----- a whole chain -----
-def _spec(distill_weight: float = 1.0) -> ChainSpec:
-    return ChainSpec.build(
-        {
-            "model": {"arch": "tiny"},
-            "benchmark": "smoke",
-            "method": {
-                "name": "icarl",
-                "memory_size": 24,
-                "batch_size": 8,
-                "distill_weight": distill_weight,
-            },
-            "train": {"iterations": 3, "batch_size": 16, "warmup_steps": 1},
-            "seed": 3,
-            "keep_checkpoints": 0,
-        }
-    )
-
-
-def test_chain_runs_and_resumes_to_the_identical_matrix(tmp_path: Path) -> None:
-    spec = _spec()
-    full = run_chain(spec, tmp_path / "full")
+def test_chain_distills_its_exemplars_and_checkpoints_them(tmp_path: Path, resume_runs) -> None:
+    # The resume after task 1 (same matrix, weights, exemplars) is in test_resume_all_methods.py.
+    runs = resume_runs("icarl")
+    full = runs.full
     assert full.matrix.shape == (3, 3) and not np.isnan(full.matrix).any()
-    part = run_chain(spec, tmp_path / "split", until_task=2)
-    assert part.trained_now == [0, 1]
-    rest = run_chain(spec, tmp_path / "split")
-    assert rest.trained_now == [2]
-    np.testing.assert_array_equal(rest.matrix, full.matrix)
     # Without the exemplars the resumed task would have trained like a chain without KD.
-    plain = run_chain(_spec(distill_weight=0.0), tmp_path / "plain")
+    plain = run_chain(icarl_chain_spec(distill_weight=0.0), tmp_path / "plain")
     np.testing.assert_array_equal(plain.matrix[0], full.matrix[0])
     assert not np.array_equal(plain.matrix[2], full.matrix[2])
-    records = RunDir(tmp_path / "full")
+    records = RunDir(runs.full_dir)
     ckpt = torch.load(records.checkpoint_path(2), weights_only=True)
     state = ckpt["method"]
     assert len(state["index"]) == 24  # 24 over 12 classes: 2 each

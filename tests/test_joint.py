@@ -11,7 +11,7 @@ from clipcl.data import get_benchmark
 from clipcl.methods import TaskContext, create_method
 from clipcl.models import ModelConfig, build_model
 from clipcl.workers import run_chain
-from tests.conftest import tiny_spec
+from tests.helpers import tiny_spec
 
 
 def _others(scope: str, index: int) -> list[str]:
@@ -19,7 +19,7 @@ def _others(scope: str, index: int) -> list[str]:
     method = create_method("joint", {"scope": scope, "batch_size": 8})
     method.setup(model)
     bench = get_benchmark("smoke")
-    method.before_task(TaskContext(index=index, task=bench.tasks[index], benchmark=bench))
+    method.before_task(TaskContext(index=index, task=bench.tasks[index], benchmark=bench, seed=0))
     return [t.name for t, _ in method._others]
 
 

@@ -4,7 +4,6 @@ merging, a chain on ``smoke`` with resume, strict config."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +16,9 @@ from clipcl.methods import TaskContext, create_method
 from clipcl.methods.lora import LoRAMethod
 from clipcl.models import ClipModel, build_model, load_checkpoint
 from clipcl.results.records import RunDir
-from clipcl.workers import run_chain
 from clipcl.workers.chain import seed_everything
 from clipcl.workers.train import make_loader, train_task
-from tests.conftest import tiny_model, tiny_spec
+from tests.helpers import tiny_model, tiny_spec
 
 # The tiny CLIP (models/configs/clipcl-tiny.json): blocks × width per tower, MLP ratio 4.
 TOWERS = {"image": (3, 96), "text": (2, 64)}
@@ -47,7 +45,7 @@ def _features(model: ClipModel) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _ctx(index: int = 0) -> TaskContext:
     bench = get_benchmark("smoke")
-    return TaskContext(index=index, task=bench.tasks[index], benchmark=bench)
+    return TaskContext(index=index, task=bench.tasks[index], benchmark=bench, seed=0)
 
 
 def _perturb(method: LoRAMethod) -> None:
@@ -177,21 +175,17 @@ def test_without_merge_after_task_changes_nothing() -> None:
 
 
 @pytest.mark.parametrize("merge", [False, True])
-def test_chain_resumed_after_one_task_gives_the_same_matrix(tmp_path: Path, merge: bool) -> None:
-    spec = tiny_spec("lora", merge_after_task=merge)
-    full = run_chain(spec, tmp_path / "full", until_task=2)  # two tasks suffice to resume once
+def test_chain_learns_and_checkpoints_the_adapters(resume_runs, merge: bool) -> None:
+    # The resume of these chains (same matrix, weights) is in test_resume_all_methods.py.
+    runs = resume_runs("lora", "merged" if merge else "unmerged")
+    spec, full = runs.case.spec, runs.full
+    assert spec.method["merge_after_task"] is merge
     rows = full.matrix[:2]
     assert not np.isnan(rows).any()
     assert not np.allclose(rows, full.zeroshot[None, :])  # the adapters learned something
-    ckpt = RunDir(tmp_path / "full").checkpoint_path(1)
+    ckpt = RunDir(runs.full_dir).checkpoint_path(1)
     state = load_checkpoint(ckpt, None)["model"]
     assert any(k.endswith("lora_A") for k in state) and any(k.endswith("lora_B") for k in state)
-
-    first = run_chain(spec, tmp_path / "resumed", until_task=1)
-    assert first.trained_now == [0]
-    resumed = run_chain(spec, tmp_path / "resumed", until_task=2)
-    assert resumed.trained_now == [1]
-    np.testing.assert_array_equal(resumed.matrix[:2], rows)
     seed_everything(spec.seed, -1)  # as run_chain builds the model
     pretrained = build_model(spec.model, torch.device("cpu")).state_dict()
     key = "clip.visual.transformer.resblocks.0.mlp.c_fc.weight"

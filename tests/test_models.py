@@ -119,7 +119,7 @@ def test_train_modes_update_only_their_parameters(mode: str, smoke) -> None:
     model = tiny()
     method = create_method("finetune", {"train_mode": mode})
     method.setup(model)
-    ctx = TaskContext(index=1, task=smoke.tasks[1], benchmark=smoke)
+    ctx = TaskContext(index=1, task=smoke.tasks[1], benchmark=smoke, seed=0)
     method.before_task(ctx)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = TrainConfig(iterations=2, batch_size=16, warmup_steps=0, lr=1e-2)

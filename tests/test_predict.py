@@ -12,7 +12,7 @@ from PIL import Image
 from clipcl.data.smoke import COLOURS
 from clipcl.results.records import RunDir
 from clipcl.workers import ChainSpec, run_chain
-from tests.conftest import clipcl_inprocess as _clipcl
+from tests.helpers import clipcl_inprocess as _clipcl
 
 
 @pytest.fixture(scope="module")

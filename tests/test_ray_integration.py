@@ -22,7 +22,7 @@ from clipcl.orchestrator import (
     run_jobs,
 )
 from clipcl.results.records import RunDir
-from tests.conftest import direct_matrix, smoke_spec
+from tests.helpers import direct_matrix, smoke_spec
 
 ray = pytest.importorskip("ray")
 

@@ -28,7 +28,7 @@ from clipcl.slurm.dispatch import submit_sweep
 from clipcl.slurm.track import wait
 from clipcl.sweeps import expand, load_sweep
 from clipcl.workers.chain import chain_locked
-from tests.conftest import direct_matrix
+from tests.helpers import direct_matrix
 
 pytestmark = pytest.mark.slurm
 

@@ -23,7 +23,7 @@ from clipcl.results.metrics import mtil_metrics
 from clipcl.results.records import RunDir
 from clipcl.workers import run_chain
 from clipcl.workers.chain import ChainBusy, chain_lock
-from tests.conftest import tiny_spec
+from tests.helpers import tiny_spec
 
 SWEEP = Path(__file__).parent / "data" / "sweeps" / "smoke4.yaml"
 CLIPCL = [sys.executable, "-m", "clipcl.cli"]

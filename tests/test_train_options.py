@@ -16,7 +16,7 @@ from clipcl.schedules import constant, multistep
 from clipcl.workers.evaluate import evaluate
 from clipcl.workers.spec import ChainSpec, TrainConfig
 from clipcl.workers.train import lr_at, make_loader, make_optimizer, train_task
-from tests.conftest import tiny_spec
+from tests.helpers import tiny_spec
 
 
 def test_multistep_and_constant_schedules() -> None:
@@ -97,7 +97,7 @@ def test_classifier_hook_drives_training_and_evaluation() -> None:
     method.setup(model)
     model.requires_grad_(False)
     model.clip.visual.proj.requires_grad_(True)
-    ctx = TaskContext(0, bench.tasks[0], bench)
+    ctx = TaskContext(0, bench.tasks[0], bench, seed=0)
     cfg = TrainConfig(iterations=3, batch_size=16, warmup_steps=0, optimizer="sgd", lr=1e-12)
 
     def loader():
@@ -125,3 +125,35 @@ def test_classifier_hook_drives_training_and_evaluation() -> None:
     method.calls.clear()
     evaluate(model, bench, ZEROSHOT, "c", batch_size=64)
     assert method.calls == []
+
+
+class _AutocastProbe(Method):
+    """Records whether ``extra_loss`` ran under the step's autocast, and adds a zero term."""
+
+    name = "test-autocast-probe"
+
+    def __init__(self, config=None) -> None:
+        super().__init__(self.Config())
+        self.autocast: list[bool] = []
+
+    def extra_loss(self, batch, outputs):
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
+        return outputs.logits.sum() * 0.0
+
+
+@pytest.mark.parametrize(("precision", "expected"), [("fp32", False), ("bf16", True)])
+def test_extra_loss_runs_inside_the_forward_autocast(precision: str, expected: bool) -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_spec().model, torch.device("cpu"))
+    bench = get_benchmark("test-cil")
+    method = _AutocastProbe()
+    method.setup(model)
+    model.requires_grad_(False)
+    model.clip.visual.proj.requires_grad_(True)
+    ctx = TaskContext(0, bench.tasks[0], bench, seed=0)
+    cfg = TrainConfig(iterations=2, batch_size=8, warmup_steps=0, precision=precision)
+    loader = make_loader(
+        bench.tasks[0].train, 8, shuffle=True, seed=0, num_workers=0, pin_memory=False
+    )
+    train_task(model, method, ctx, cfg, loader)
+    assert method.autocast == [expected, expected]

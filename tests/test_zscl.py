@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,7 +14,7 @@ from clipcl.methods import TaskContext, create_method
 from clipcl.methods.zscl import distillation
 from clipcl.models import ModelConfig, build_model
 from clipcl.workers import run_chain
-from tests.conftest import tiny_spec
+from tests.helpers import tiny_spec
 
 
 def test_distillation_equals_a_hand_computed_value():
@@ -36,7 +35,7 @@ def _method(**kw):
     method = create_method("zscl", {"reference_size": 64, "reference_batch_size": 8, **kw})
     method.setup(model)
     bench = get_benchmark("smoke")
-    ctx = TaskContext(index=0, task=bench.tasks[0], benchmark=bench)
+    ctx = TaskContext(index=0, task=bench.tasks[0], benchmark=bench, seed=0)
     torch.manual_seed(0)
     method.before_task(ctx)
     return model, method, ctx
@@ -80,15 +79,10 @@ def test_l2_is_zero_at_the_start_and_grows_with_the_change():
 
 
 @pytest.mark.parametrize("method", ["zscl", "lwf"])
-def test_chain_runs_and_resumes_to_the_same_matrix(tmp_path: Path, method: str):
-    extra = {"reference_size": 64, "reference_batch_size": 8, "avg_freq": 3}
-    spec = tiny_spec(method, iterations=6, **extra)
-    whole = run_chain(spec, tmp_path / "whole")
-    run_chain(spec, tmp_path / "parts", until_task=1)
-    parts = run_chain(spec, tmp_path / "parts")
-    assert parts.trained_now == [1, 2]
-    np.testing.assert_array_equal(parts.matrix, whole.matrix)
-    assert whole.metrics is not None
+def test_whole_chain_has_metrics(resume_runs, method: str):
+    # The resume after task 0 (same matrix, weights) is in test_resume_all_methods.py.
+    runs = resume_runs(method)
+    assert runs.case.tasks == 3 and runs.full.metrics
 
 
 def test_reference_folder_and_captions(tmp_path: Path):

@@ -1,8 +1,10 @@
-"""Datasets and benchmarks: the Task/Benchmark contract and the registered benchmarks."""
+"""Datasets and benchmarks: the Task/Benchmark contract, the registered benchmarks and the seeded
+loaders that stream their batches."""
 
 from clipcl.data import mini as _mini  # noqa: F401  (registers mini-mtil, mini-cil)
 from clipcl.data import real as _real  # noqa: F401  (registers mtil, cifar100-b0inc10, ...)
 from clipcl.data import smoke as _smoke  # noqa: F401  (registers 'smoke')
+from clipcl.data.loader import cycle, make_loader
 from clipcl.data.task import (
     Benchmark,
     BenchmarkInfo,
@@ -25,6 +27,8 @@ __all__ = [
     "BenchmarkInfo",
     "benchmark_info",
     "check_benchmark_name",
+    "cycle",
     "get_benchmark",
+    "make_loader",
     "register_benchmark",
 ]

@@ -1,28 +1,46 @@
 """The ``Method`` contract: hooks called at fixed points of the worker's single training loop.
 
-Loop order per task (see ``clipcl.workers.train``)::
+Loop order per task (the worker: ``run_chain`` in workers/chain.py, ``train_task`` in
+workers/train.py)::
 
+    seed everything from (chain seed, k); ctx.seed = that derived seed; loader seeded by it
     method.before_task(ctx)                      # choose trainable params, add heads, ...
-    for each step:
-        classifier = method.classifier(task, training=True) or the default text/head embeddings
-        outputs = forward(batch)                 # logits (B, C), image_features (B, D)
-        loss = CE(outputs.logits, y) + method.extra_loss(batch, outputs)
-        loss.backward()
-        method.after_backward()                  # may edit .grad
-        optimizer.step(); method.after_step()    # may edit the update / the weights
-        scheduler.step()
+    if method.trains:                            # train_task:
+        optimizer = fresh, over the parameters with requires_grad now
+        model.train()
+        for step in range(steps):
+            set the step's learning rate
+            images, labels = next(batches)       # uint8 (B, 3, H, W), (B,)
+            with autocast(precision):            # a no-op for fp32
+                feats = model.encode_image(model.preprocess(images))            # (B, D)
+                classifier = method.classifier(task, training=True)
+                             or the task's head or its first-template text embeddings  # (C, D)
+                logits = model.logit_scale() * feats @ classifier.T              # (B, C)
+                outputs = StepOutputs(logits.float(), feats.float())
+                extra = method.extra_loss((images, labels), outputs)
+            loss = CE(outputs.logits, labels, label_smoothing) + extra (when not None)
+            optimizer.zero_grad(); scaler.scale(loss).backward()
+            method.after_backward()              # may edit .grad (scaled by GradScaler in fp16)
+            clip the gradient norm (unscaled first) when grad_clip_norm is set
+            scaler.step(optimizer); scaler.update()
+            method.after_step()                  # may edit the update / the weights
+            stop with FloatingPointError if the loss is not finite
+        model.eval()
     method.after_task(ctx, loader)               # statistics, projectors, ensembling
+    checkpoint {model, method.state_dict()} (training methods); evaluate every eval task
 
 Evaluation uses ``method.classifier(task, training=False)`` when it returns one.
 ``train_defaults`` are TrainConfig values the method's paper uses (e.g. its optimizer); they sit
 above the benchmark's defaults and below the sweep's ``train:`` settings.
 
-``setup(model)`` runs once per chain before anything else (and before a checkpoint's method state
-is restored with ``load_state_dict``).
+``check_model(model)`` runs first, before anything is evaluated; ``setup(model)`` runs once per
+chain after the zero-shot evaluation and before a checkpoint's method state is restored with
+``load_state_dict`` (a resumed chain then continues with ``before_task`` of the next task).
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -47,7 +65,24 @@ class TaskContext:
     index: int
     task: Task
     benchmark: Benchmark
+    #: The task's seed: the worker's derived per-task seed ``seed_everything(spec.seed, index)``,
+    #: which also orders the task's training batches. A function of (chain seed, task) alone, so
+    #: a resumed chain re-derives it; methods draw from ``generator(...)``, never the global RNG.
+    seed: int
     data_root: str | None = None  # the chain's data root (relative method paths resolve here)
+
+    def stream_seed(self, stream: str) -> int:
+        """A seed for the method's random stream ``stream`` (a name such as "exemplars"): a
+        deterministic function of (task seed, stream), distinct per stream."""
+        salt = zlib.crc32(stream.encode())
+        return (self.seed * 1_000_003 + salt) % 2**63
+
+    def generator(self, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
+        """A fresh ``torch.Generator`` on ``device`` seeded with ``stream_seed(stream)``.
+
+        Built again from (seed, stream) in the same hook on resume, so it is never saved.
+        """
+        return torch.Generator(device=device).manual_seed(self.stream_seed(stream))
 
 
 @dataclass
@@ -96,7 +131,12 @@ class Method:
     def extra_loss(
         self, batch: tuple[torch.Tensor, torch.Tensor], outputs: StepOutputs
     ) -> torch.Tensor | None:
-        """A loss term added to the cross-entropy; must not mutate state."""
+        """A loss term added to the cross-entropy, or None; runs under the step's autocast.
+
+        May draw its own batches from the method's own generators and iterators (seeded from
+        ``ctx.seed`` in ``before_task``, so a resumed chain draws the same ones) and forward
+        the model or a teacher; must not change model weights or the optimizer.
+        """
         return None
 
     def after_backward(self) -> None:

@@ -4,7 +4,8 @@ projection of the visual adapters' gradients with a dynamic coefficient λ (METH
 Owns the method: adapters (``clipcl.models.adapters``) are the only trainable parameters; after
 each task a per-visual-layer basis ``V_i`` is built from the adapter outputs of one batch; from
 task 1 on, the visual adapters' weight gradients are projected; text adapters never are.
-The linear algebra (covariance, eigendecomposition, projectors) is ``methods.projection``.
+The linear algebra (covariance, eigendecomposition, projectors) is ``methods.projection``;
+the hook plumbing (gradient or update projection, statistics pass) is ``methods.projected``.
 
 What the authors' code does (``RL-VIG/DMNSP@4c1c2f1``, ``continual_clip/models.py``), and here:
 
@@ -68,13 +69,8 @@ from torch.utils.data import DataLoader, default_collate
 from clipcl.errors import ClipclError
 from clipcl.methods.base import Method, MethodConfig, TaskContext
 from clipcl.methods.capture import capture
-from clipcl.methods.projection import (
-    UpdateProjection,
-    accumulate_covariance,
-    eigh_desc,
-    orthonormalize,
-    projector,
-)
+from clipcl.methods.projected import ProjectedParameters, statistics_pass, train_only
+from clipcl.methods.projection import accumulate_covariance, eigh_desc, orthonormalize, projector
 from clipcl.methods.registry import register_method
 from clipcl.models import ClipModel
 from clipcl.models.adapters import (
@@ -194,7 +190,7 @@ class DMNSP(Method):
         self._factors: list[float] = []  # per visual layer: the multiplier c_ℓ
         self._first: dict[int, torch.Tensor] = {}  # first-batch covariances by layer
         self._arming = contextlib.ExitStack()
-        self._updates: UpdateProjection | None = None
+        self._projection: ProjectedParameters | None = None  # armed at the task's first step
         # Our own names for the visual adapters and their projected weights (capture and
         # UpdateProjection take names): looked up, never parsed.
         self._layer_of = {f"image.{i}": i for i in range(len(self.visual))}
@@ -207,9 +203,7 @@ class DMNSP(Method):
 
     def _freeze(self) -> None:
         assert self.model is not None
-        self.model.requires_grad_(False)
-        for p in adapter_parameters(adapters_of(self.model.clip)):
-            p.requires_grad_(True)
+        train_only(self.model, adapter_parameters(adapters_of(self.model.clip)))
 
     def _projecting(self) -> bool:
         return self.config.project and bool(self.bases)
@@ -217,7 +211,7 @@ class DMNSP(Method):
     # ----- task loop -----
     def before_task(self, ctx: TaskContext) -> None:
         self._freeze()
-        self._q, self.lambdas, self._factors = None, None, []
+        self._q, self.lambdas, self._factors, self._projection = None, None, [], None
         if not self._projecting():
             return
         if self.config.orthonormal:
@@ -252,7 +246,15 @@ class DMNSP(Method):
         )
         self._factors = [float(f) for f in rel.prod(dim=1)]  # c_ℓ = Π_i λ_ℓi (or its dynamic part)
         if self.config.project_update:
-            self._updates = UpdateProjection(self._projected_weights())
+            self._projection = ProjectedParameters(
+                self._projected_weights(),
+                lambda name, delta: self._project(*self._targets[name], delta),
+                "update",
+            )
+        else:
+            self._projection = ProjectedParameters(
+                self._projected_weights(), self._project_gradient, "gradient"
+            )
 
     def _projected_weights(self) -> list[tuple[str, torch.nn.Parameter]]:
         """The visual adapters' weights (biases train unprojected), by our own names."""
@@ -268,19 +270,18 @@ class DMNSP(Method):
         q = self._q.to(g.dtype)
         return self._factors[layer] * (g @ q if kind == "down" else q.t() @ g)
 
+    def _project_gradient(self, name: str, grad: torch.Tensor) -> torch.Tensor:
+        projected = self._project(*self._targets[name], grad)
+        self._check_scale(name, projected)
+        return projected
+
     def after_backward(self) -> None:
         if self._q is None:
             return
         if self.lambdas is None:
             self._start_task_projection()
-        if self.config.project_update:
-            assert self._updates is not None
-            self._updates.snapshot()
-            return
-        for name, p in self._projected_weights():
-            if p.grad is not None:
-                p.grad.copy_(self._project(*self._targets[name], p.grad))
-                self._check_scale(name, p.grad)
+        assert self._projection is not None
+        self._projection.after_backward()
 
     def _check_scale(self, name: str, grad: torch.Tensor) -> None:
         """Refuse a faithful gradient whose square overflows AdamW's fp32 second moment.
@@ -299,36 +300,32 @@ class DMNSP(Method):
             )
 
     def after_step(self) -> None:
-        if self._q is not None and self.config.project_update and self._updates is not None:
-            self._updates.apply(lambda name, delta: self._project(*self._targets[name], delta))
+        if self._q is not None and self._projection is not None:
+            self._projection.after_step()
 
     def after_task(self, ctx: TaskContext, loader: DataLoader) -> None:
         self._arming.close()
-        self._updates = None
+        self._projection = None
         if self.config.project:
             self._add_task_bases(self._stats_covariances(ctx))
         self.tasks_seen += 1
 
-    @torch.no_grad()
     def _stats_covariances(self, ctx: TaskContext) -> list[torch.Tensor]:
         """Per visual layer ``Σ AᵀA`` of the adapter outputs on ONE random training batch."""
         assert self.model is not None
         data = ctx.task.train
         count = len(cast(Sized, data))
-        idx = torch.randperm(count)[: self.config.stats_batch_size]
+        idx = torch.randperm(count, generator=ctx.generator("stats"))[
+            : self.config.stats_batch_size
+        ]
         images, _ = default_collate([data[int(i)] for i in idx])
         covs: dict[int, torch.Tensor] = {}
 
         def record(name: str, output: torch.Tensor) -> None:
             covs[self._layer_of[name]] = accumulate_covariance(None, output).cpu()  # (D, D)
 
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with capture(self._named_visual(), record, kind="output"):
-                self.model.encode_image(self.model.preprocess(images))  # (B, D')
-        finally:
-            self.model.train(was_training)
+        with statistics_pass(self.model), capture(self._named_visual(), record, kind="output"):
+            self.model.encode_image(self.model.preprocess(images))  # (B, D')
         return [covs[i] for i in range(len(self.visual))]
 
     def _add_task_bases(self, covs: list[torch.Tensor]) -> None:

@@ -51,12 +51,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from clipcl.errors import ClipclError
 from clipcl.methods.base import Method, MethodConfig, TaskContext
 from clipcl.methods.capture import attention_internals, capture
-from clipcl.methods.projection import (
-    ComplementProjection,
-    UpdateProjection,
-    accumulate_covariance,
-    gpm_basis,
-)
+from clipcl.methods.projected import ProjectedParameters, statistics_pass, train_only
+from clipcl.methods.projection import ComplementProjection, accumulate_covariance, gpm_basis
 from clipcl.methods.registry import register_method
 from clipcl.models import ClipModel
 
@@ -177,7 +173,6 @@ def protected_layers(
     return layers, hooks
 
 
-@torch.no_grad()
 def input_covariances(
     model: ClipModel,
     layers: dict[str, ProtectedLayer],
@@ -204,14 +199,9 @@ def input_covariances(
                 value = x  # (B, N, d) or (N, B, d): every row is one token's input
             covs[name] = accumulate_covariance(covs[name], value)
 
-    was_training = model.training
-    model.eval()
-    try:
-        with capture(hooks, collect):
-            for images, _ in loader:
-                model.encode_image(model.preprocess(images))
-    finally:
-        model.train(was_training)
+    with statistics_pass(model), capture(hooks, collect):
+        for images, _ in loader:
+            model.encode_image(model.preprocess(images))
     missing = [n for n, c in covs.items() if c is None]
     if missing:
         raise RuntimeError(f"gpm: no inputs were captured for {missing}")
@@ -247,7 +237,7 @@ class GPM(Method):
         self.bases: dict[str, torch.Tensor] = {}  # weight name → (d, k) float32 on the CPU
         #: this task's projections (I − M Mᵀ), in the weights' dtype on the device
         self._active: dict[str, ComplementProjection] = {}
-        self._update: UpdateProjection | None = None
+        self._projection: ProjectedParameters | None = None
 
     # ----- hooks -----
     def check_model(self, model: ClipModel) -> None:
@@ -271,24 +261,21 @@ class GPM(Method):
                 for name, basis in self.bases.items()
                 if basis.shape[1] > 0
             }
-        self._update = None
-        if self.config.project_update and self._active:
-            self._update = UpdateProjection(
-                (name, self.layers[name].weight) for name in self._active
+        self._projection = None
+        if self._active:
+            self._projection = ProjectedParameters(
+                ((name, self.layers[name].weight) for name in self._active),
+                lambda name, g: self._active[name](g),  # G − G M Mᵀ (gradient or update)
+                "update" if self.config.project_update else "gradient",
             )
 
     def after_backward(self) -> None:
-        if self._update is not None:
-            self._update.snapshot()
-            return
-        for name, basis in self._active.items():
-            grad = self.layers[name].weight.grad
-            if grad is not None:
-                grad.copy_(basis(grad))  # G − G M Mᵀ
+        if self._projection is not None:
+            self._projection.after_backward()
 
     def after_step(self) -> None:
-        if self._update is not None:
-            self._update.apply(lambda name, delta: self._active[name](delta))
+        if self._projection is not None:
+            self._projection.after_step()
 
     def after_task(self, ctx: TaskContext, loader: DataLoader) -> None:
         if not self.config.project:
@@ -296,8 +283,7 @@ class GPM(Method):
         model = self.model
         assert model is not None
         cfg = self.config
-        seed = (torch.initial_seed() * 1_000_003 + ctx.index) % 2**63
-        subset = representation_subset(ctx.task.train, cfg.samples, seed)
+        subset = representation_subset(ctx.task.train, cfg.samples, ctx.stream_seed("samples"))
         batches = DataLoader(
             subset,
             batch_size=loader.batch_size or 64,
@@ -312,7 +298,7 @@ class GPM(Method):
                 old = cov.new_zeros(cov.shape[0], 0)  # counts like a later task: +1 direction
             basis = gpm_basis(cov, None if old is None else old.to(cov.device), eps)
             self.bases[name] = basis.to("cpu", torch.float32)
-        self._active, self._update = {}, None
+        self._active, self._projection = {}, None
 
     def state_dict(self) -> dict[str, Any]:
         return {"bases": {name: basis.clone() for name, basis in self.bases.items()}}
@@ -335,11 +321,10 @@ class GPM(Method):
         assert model is not None
         cfg = self.config
         freeze = cfg.project if cfg.freeze_biases is None else cfg.freeze_biases
-        model.requires_grad_(False)
-        for layer in self.layers.values():
-            layer.weight.requires_grad_(True)
-            if layer.bias is not None:
-                layer.bias.requires_grad_(not (freeze and task_index > 0))
+        trained = [layer.weight for layer in self.layers.values()]
+        if not (freeze and task_index > 0):
+            trained += [layer.bias for layer in self.layers.values() if layer.bias is not None]
+        train_only(model, trained)
 
     def basis_sizes(self) -> dict[str, tuple[int, int]]:
         """(k, d) per protected layer: directions kept out of d."""

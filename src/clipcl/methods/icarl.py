@@ -156,11 +156,7 @@ class Icarl(Finetune):
         super().before_task(ctx)
         self._ctx = ctx
         self._teacher_text, self._student_text = {}, {}
-        # The worker seeds torch from (chain seed, task) just before this hook, so the initial
-        # seed carries both; mixing in the index keeps tasks apart when called without it.
-        self._gen = torch.Generator().manual_seed(
-            (torch.initial_seed() * 1_000_003 + ctx.index) % 2**63
-        )
+        self._gen = ctx.generator("exemplars")  # from (chain seed, task): resumes identically
 
     def extra_loss(
         self, batch: tuple[torch.Tensor, torch.Tensor], outputs: StepOutputs

@@ -5,7 +5,8 @@ every other task in scope (``seen``: tasks 0..k−1, so after the last task the 
 trained on all tasks together — the usual joint upper bound, read off ``Last``; ``all``: every
 task of the benchmark from the first step on, the data of all tasks at once). Each batch is
 classified among its own task's classes (task-incremental), with that task's first template.
-Batches are drawn from per-task loaders seeded by the worker's per-task seed.
+Batches are drawn from per-task loaders seeded from the task seed and the other task's name
+(``TaskContext.stream_seed``), so a resumed chain draws the same ones.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from clipcl.data import Task
+from clipcl.data import Task, cycle, make_loader
 from clipcl.methods.base import StepOutputs, TaskContext
 from clipcl.methods.finetune import Finetune, FinetuneConfig
 from clipcl.methods.registry import register_method
@@ -31,11 +32,6 @@ class JointConfig(FinetuneConfig):
     batch_size: int = Field(64, ge=1, description="Batch size of each other task's batches.")
 
 
-def _cycle(loader) -> Iterator:
-    while True:
-        yield from loader
-
-
 @register_method
 class Joint(Finetune):
     """Multi-task training on the tasks in scope (an upper bound, not a continual learner)."""
@@ -46,24 +42,21 @@ class Joint(Finetune):
 
     def before_task(self, ctx: TaskContext) -> None:
         super().before_task(ctx)
-        from clipcl.workers.train import make_loader
-
         tasks = ctx.benchmark.tasks
         others = tasks[: ctx.index] if self.config.scope == "seen" else tasks
         self._others: list[tuple[Task, Iterator]] = []
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-        for i, task in enumerate(others):
+        for task in others:
             if task.name == ctx.task.name:
                 continue
             loader = make_loader(
                 task.train,
                 self.config.batch_size,
                 shuffle=True,
-                seed=seed + i,
+                seed=ctx.stream_seed(f"joint.{task.name}"),
                 num_workers=0,
                 pin_memory=False,
             )
-            self._others.append((task, _cycle(loader)))
+            self._others.append((task, cycle(loader)))
 
     def extra_loss(
         self, batch: tuple[torch.Tensor, torch.Tensor], outputs: StepOutputs

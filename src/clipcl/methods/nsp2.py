@@ -66,12 +66,8 @@ from torch.utils.data import DataLoader
 from clipcl.data import Benchmark, Task
 from clipcl.methods.base import Method, MethodConfig, StepOutputs, TaskContext
 from clipcl.methods.capture import attention_internals, capture, key_weights_per_head
-from clipcl.methods.projection import (
-    UpdateProjection,
-    accumulate_covariance,
-    null_space_knee,
-    projector,
-)
+from clipcl.methods.projected import ProjectedParameters, statistics_pass, train_only
+from clipcl.methods.projection import accumulate_covariance, null_space_knee, projector
 from clipcl.methods.registry import register_method
 from clipcl.models import ClipModel
 from clipcl.models.deep_prompts import (
@@ -231,7 +227,7 @@ class NSP2(Method):
         self.previous: dict[int, torch.Tensor] = {}  # prompts at the end of the previous task
         self.class_mean: torch.Tensor | None = None  # (C, W) pre-projection class means
         self.class_tril: torch.Tensor | None = None  # (C, W, W) Cholesky of cov + eps I
-        self._update: UpdateProjection | None = None
+        self._update: ProjectedParameters | None = None
         self._benchmark: Benchmark | None = None
         self._text: dict[str, torch.Tensor] = {}
 
@@ -251,10 +247,10 @@ class NSP2(Method):
 
     def _freeze(self) -> None:
         assert self.model is not None
-        self.model.requires_grad_(False)
-        for prompt in self.prompts.values():
-            prompt.tokens.requires_grad_(True)
-        self.model.clip.logit_scale.requires_grad_(self.config.train_logit_scale)
+        trained = [prompt.tokens for prompt in self.prompts.values()]
+        if self.config.train_logit_scale:
+            trained.append(self.model.clip.logit_scale)
+        train_only(self.model, trained)
 
     def before_task(self, ctx: TaskContext) -> None:
         cfg = self.config
@@ -274,7 +270,9 @@ class NSP2(Method):
                 self.proj2[i] = update_projector(
                     self.cov2[i], cfg.eta2, cfg.knee_smooth_std, cfg.knee_trim
                 ).to(dev)
-            self._update = UpdateProjection((str(i), p.tokens) for i, p in self.prompts.items())
+            self._update = ProjectedParameters(
+                ((str(i), p.tokens) for i, p in self.prompts.items()), self._project, "update"
+            )
 
     # ----- training hooks -----
     def classifier(self, task: Task, *, training: bool) -> torch.Tensor:
@@ -299,11 +297,11 @@ class NSP2(Method):
 
     def after_backward(self) -> None:
         if self._update is not None:
-            self._update.snapshot()
+            self._update.after_backward()
 
     def after_step(self) -> None:
         if self._update is not None:
-            self._update.apply(self._project)
+            self._update.after_step()
 
     def _project(self, name: str, delta: torch.Tensor) -> torch.Tensor:
         """``[η B2 + (1−η) I] Δ [η B1 + (1−η) I]`` for one block's update Δ (M, D)."""
@@ -323,7 +321,6 @@ class NSP2(Method):
                 self._refine_head(ctx)
         self._update = None
 
-    @torch.no_grad()
     def _task_pass(
         self, task: Task, *, stats: bool, features: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -331,7 +328,6 @@ class NSP2(Method):
         return the pre-projection CLS features (n, W) with their labels (``features``)."""
         assert self.model is not None
         model, visual = self.model, self.model.clip.visual
-        model.eval()
         batch_first = visual.transformer.batch_first
         blocks = image_blocks(visual)
         attns = {str(i): block_attention(blocks[i]) for i in self.prompts}
@@ -346,7 +342,7 @@ class NSP2(Method):
         loader = DataLoader(task.train, batch_size=self.config.stats_batch_size, shuffle=False)
         hooks = capture(attns, accumulate) if stats else contextlib.nullcontext()
         feats, labels = [], []
-        with hooks:
+        with statistics_pass(model), hooks:
             for images, y in loader:
                 pixels = model.preprocess(images)  # (B, 3, S, S)
                 if features:
@@ -395,6 +391,7 @@ class NSP2(Method):
             raise RuntimeError(f"{n_cls} class statistics for {text.shape[0]} seen classes")
         targets = torch.arange(n_cls, device=dev).repeat_interleave(s)  # (C·S,)
         scale = model.logit_scale().detach()
+        gen = ctx.generator("refine", device=dev)  # pseudo-features and their order
         proj.requires_grad_(True)
         opt = torch.optim.SGD(
             [proj],
@@ -404,9 +401,10 @@ class NSP2(Method):
         )
         with torch.enable_grad():
             for _ in range(cfg.refine_epochs):
-                z = torch.randn(n_cls, s, mean.shape[1], device=dev, dtype=mean.dtype)  # (C, S, W)
+                shape = (n_cls, s, mean.shape[1])
+                z = torch.randn(shape, generator=gen, device=dev, dtype=mean.dtype)  # (C, S, W)
                 x = (mean[:, None] + z @ tril.transpose(1, 2)).reshape(n_cls * s, -1)  # (C·S, W)
-                order = torch.randperm(n_cls * s, device=dev)
+                order = torch.randperm(n_cls * s, generator=gen, device=dev)
                 for idx in order.split(cfg.refine_batch_size):
                     logits = scale * F.normalize(x[idx] @ proj, dim=-1) @ text.t()  # (b, C)
                     loss = F.cross_entropy(logits, targets[idx])

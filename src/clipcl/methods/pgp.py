@@ -55,13 +55,8 @@ from clipcl.data import Task
 from clipcl.errors import ClipclError
 from clipcl.methods.base import Method, MethodConfig, TaskContext
 from clipcl.methods.capture import capture
-from clipcl.methods.projection import (
-    UpdateProjection,
-    accumulate_covariance,
-    eigh_desc,
-    gpm_basis,
-    remove_component,
-)
+from clipcl.methods.projected import Mode, ProjectedParameters, statistics_pass, train_only
+from clipcl.methods.projection import accumulate_covariance, eigh_desc, gpm_basis, remove_component
 from clipcl.methods.registry import register_method
 from clipcl.models import ClipModel
 from clipcl.models.prompt_tuning import (
@@ -189,7 +184,8 @@ class PGP(Method):
         super().__init__(config)
         self.basis: torch.Tensor | None = None  # (W, k) float64; None before task 0 ends
         self._scaffolds: dict[str, Scaffold] = {}
-        self._update: UpdateProjection | None = None
+        #: this task's prompt projections: the gradient (Eq. 11), then the update (corrected)
+        self._projections: list[ProjectedParameters] = []
 
     def check_model(self, model: ClipModel) -> None:
         require_vit_clip(model.clip)
@@ -198,14 +194,15 @@ class PGP(Method):
         super().setup(model)
         self.prompt: ImagePrompt = add_image_prompt(model.clip, self.config.prompt_length)
         self.contexts: TaskContexts = add_text_contexts(model.clip)
-        model.requires_grad_(False)
+        train_only(model, [])
 
     # ----- modules -----
-    def _init_context(self, task: Task) -> torch.Tensor:
+    def _init_context(self, ctx: TaskContext) -> torch.Tensor:
         assert self.model is not None
-        init = self.config.ctx_init
+        init, task = self.config.ctx_init, ctx.task
         if init == "random":
-            return random_context(self.config.n_ctx, self.contexts.width, self.model.device)
+            width, gen = self.contexts.width, ctx.generator("context")
+            return random_context(self.config.n_ctx, width, self.model.device, gen)
         if init == "template":
             template = task.templates[0]
             init = template.split("{}")[0].strip()
@@ -221,13 +218,23 @@ class PGP(Method):
         key = context_key(ctx.task.name)
         current = self.contexts.get(key)
         if current is None:
-            current = self.contexts.add(key, self._init_context(ctx.task))
-        self.model.requires_grad_(False)
-        self.prompt.prompt.requires_grad_(True)
-        current.requires_grad_(True)
-        self._update = None
-        if self.config.project_update and self._protects():
-            self._update = UpdateProjection([("prompt", self.prompt.prompt)])
+            current = self.contexts.add(key, self._init_context(ctx))
+        train_only(self.model, [self.prompt.prompt, current])
+        self._projections = []
+        if self._protects():
+            basis = self.basis
+            assert basis is not None
+            modes: tuple[Mode, ...] = (
+                ("gradient", "update") if self.config.project_update else ("gradient",)
+            )
+            self._projections = [
+                ProjectedParameters(
+                    [("prompt", self.prompt.prompt)],
+                    lambda _, g: remove_component(g, basis, side="right"),  # (L_p, W)
+                    mode,
+                )
+                for mode in modes
+            ]
 
     def classifier(self, task: Task, *, training: bool) -> torch.Tensor | None:
         assert self.model is not None
@@ -245,24 +252,16 @@ class PGP(Method):
         return self.config.project and self.basis is not None and self.basis.shape[1] > 0
 
     def after_backward(self) -> None:
-        if not self._protects():
-            return
-        assert self.basis is not None
-        grad = self.prompt.prompt.grad
-        if grad is not None:
-            grad.copy_(remove_component(grad, self.basis, side="right"))  # (L_p, W)
-        if self._update is not None:
-            self._update.snapshot()
+        for projection in self._projections:
+            projection.after_backward()
 
     def after_step(self) -> None:
-        if self._update is not None:
-            basis = self.basis
-            assert basis is not None
-            self._update.apply(lambda _, delta: remove_component(delta, basis, side="right"))
+        for projection in self._projections:
+            projection.after_step()
 
-    @torch.no_grad()
     def _token_rows(self, loader: DataLoader, n: int) -> torch.Tensor:
-        """Flattened input tokens (≤ n, (1 + N)·W) of the first n training images (step 1)."""
+        """Flattened input tokens (≤ n, (1 + N)·W) of the first n training images (step 1); runs
+        in a ``statistics_pass``."""
         assert self.model is not None
         visual = self.model.clip.visual
         rows: list[torch.Tensor] = []
@@ -284,10 +283,8 @@ class PGP(Method):
         """``R = PCA_k(image tokens) + PCA_k(prompt)`` (W, k), steps 1–4 of the docstring."""
         assert self.model is not None
         width, k = self.prompt.prompt.shape[1], self.config.n_components
-        was_training = self.model.training
-        self.model.eval()
-        tokens = self._token_rows(loader, width)  # (n ≤ W, (1 + N)·W)
-        self.model.train(was_training)
+        with statistics_pass(self.model):
+            tokens = self._token_rows(loader, width)  # (n ≤ W, (1 + N)·W)
         images = tokens.new_zeros(width, k, dtype=torch.float64)
         images[: tokens.shape[0]] = pca_scores(tokens, k)  # (W, k): rows = images
         prompt = pca_scores(self.prompt.prompt.detach().t(), k)  # (W, k): rows = dimensions

@@ -159,9 +159,8 @@ class ZSCL(Finetune):
             self._ref_captions = [ctx.task.templates[0].format(c) for c in ctx.task.class_names]
             self._text_cache = None
             self._ref_dataset = ctx.task.train
-        # the reference stream depends only on the chain seed and the task (seeded by the worker)
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-        self._gen = torch.Generator().manual_seed(seed)
+        # the reference stream depends only on the chain seed and the task
+        self._gen = ctx.generator("reference")
 
     def _reference_batch(self) -> torch.Tensor:
         """The next reference images (B, 3, H, W) uint8."""

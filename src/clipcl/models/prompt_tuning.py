@@ -172,9 +172,12 @@ def phrase_context(model: ClipModel, phrase: str) -> torch.Tensor:
         return model.clip.token_embedding(ids).float()  # (n, W)
 
 
-def random_context(n_ctx: int, width: int, device: torch.device) -> torch.Tensor:
-    """CoOp's generic context: N(0, 0.02²) entries (n_ctx, W) from the global RNG."""
-    return torch.randn(n_ctx, width, device=device) * CTX_INIT_STD
+def random_context(
+    n_ctx: int, width: int, device: torch.device, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """CoOp's generic context: N(0, 0.02²) entries (n_ctx, W), drawn on the CPU from
+    ``generator`` (the global RNG when None), then moved to ``device``."""
+    return (torch.randn(n_ctx, width, generator=generator) * CTX_INIT_STD).to(device)
 
 
 @torch.no_grad()

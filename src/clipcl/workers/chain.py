@@ -4,7 +4,9 @@ Per task ``k``: seed → ``before_task`` → train → ``after_task`` → checkp
 → evaluate every eval task → append rows (fsync) → mark ``k`` finished in ``state.json``.
 Re-running the same spec in the same run directory resumes after the last finished task whose
 checkpoint verifies; a missing or corrupt checkpoint sends that task back to be recomputed.
-Every task is seeded from (seed, k) alone, so a resumed chain is bit-identical on CPU.
+Every task is seeded from (seed, k) alone, so a resumed chain is bit-identical on CPU; that
+derived seed is also the hook context's ``TaskContext.seed``, from which methods seed their own
+generators.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipcl.data import Benchmark, get_benchmark
+from clipcl.data import Benchmark, get_benchmark, make_loader
 from clipcl.methods import Method, TaskContext, method_class
 from clipcl.models import (
     CheckpointError,
@@ -33,7 +35,7 @@ from clipcl.results.metrics import cil_metrics, mtil_metrics
 from clipcl.results.records import ZEROSHOT, ChainBusy, RunDir, TaskRecord  # noqa: F401
 from clipcl.workers.evaluate import evaluate
 from clipcl.workers.spec import ChainSpec
-from clipcl.workers.train import make_loader, train_task
+from clipcl.workers.train import train_task
 
 
 @dataclass
@@ -230,8 +232,10 @@ def _run_locked(
     trained_now = []
     for k in range(start, stop):
         task = benchmark.tasks[k]
-        ctx = TaskContext(index=k, task=task, benchmark=benchmark, data_root=data_root)
         derived = seed_everything(spec.seed, k)
+        ctx = TaskContext(
+            index=k, task=task, benchmark=benchmark, seed=derived, data_root=data_root
+        )
         loader = make_loader(
             task.train,
             spec.train.batch_size,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from clipcl.data import Benchmark, Task
+from clipcl.data import Benchmark, Task, make_loader
 from clipcl.methods import Method
 from clipcl.models import ClipModel, Precision, autocast
 from clipcl.results.records import ZEROSHOT, EvalRow
-from clipcl.workers.train import make_loader
 
 
 def classifier_for(

@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from clipcl.data import cycle, make_loader
 from clipcl.methods import Method, StepOutputs, TaskContext
 from clipcl.models import ClipModel, autocast
 from clipcl.schedules import constant, multistep, warmup_cosine
 from clipcl.workers.spec import TrainConfig
 
+__all__ = ["lr_at", "make_loader", "make_optimizer", "train_task"]  # make_loader: moved to data
+
 StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
-
-
-def make_loader(
-    dataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int, pin_memory: bool
-) -> DataLoader:
-    """A DataLoader whose shuffling order depends only on ``seed``."""
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=g,
-        num_workers=num_workers,
-        drop_last=shuffle and len(dataset) >= batch_size,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-    )
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, lr: float):
@@ -52,11 +38,6 @@ def lr_at(cfg: TrainConfig, step: int, base_lr: float, steps: int) -> float:
     return warmup_cosine(step, base_lr, cfg.warmup_steps, steps)
 
 
-def _cycle(loader: DataLoader) -> Iterator:
-    while True:
-        yield from loader
-
-
 def train_task(
     model: ClipModel,
     method: Method,
@@ -67,10 +48,11 @@ def train_task(
 ) -> float:
     """Train ``ctx.task`` for the configured steps; return the mean loss of the last 10 steps.
 
-    Per step: learning rate of the step → forward (autocast) with the method's classifier (or
-    the task's head / text embeddings) → CE with label smoothing over the task's classes
-    + ``method.extra_loss`` → backward → ``after_backward`` → clip → optimizer step →
-    ``after_step``.
+    A fresh optimizer over the parameters that require grad (after ``before_task``). Per step:
+    learning rate of the step → under autocast: forward with the method's classifier (or the
+    task's head / text embeddings) and ``method.extra_loss`` → CE with label smoothing over the
+    task's classes + the extra term → backward → ``after_backward`` → clip → optimizer step →
+    ``after_step``. The order is written out in ``clipcl.methods.base``.
     """
     task = ctx.task
     params = [p for p in model.parameters() if p.requires_grad]
@@ -90,7 +72,7 @@ def train_task(
 
     model.train()
     recent: list[float] = []
-    batches = _cycle(loader)
+    batches = cycle(loader)
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, step, base_lr, steps)
@@ -113,9 +95,9 @@ def train_task(
                         ).float()
                 classifier = fixed_text  # (C, D)
             logits = model.logit_scale() * feats @ classifier.t()  # (B, C)
-        outputs = StepOutputs(logits=logits.float(), image_features=feats.float())
+            outputs = StepOutputs(logits=logits.float(), image_features=feats.float())
+            extra = method.extra_loss((images, labels), outputs)  # its forwards autocast too
         loss = F.cross_entropy(outputs.logits, labels, label_smoothing=cfg.label_smoothing)
-        extra = method.extra_loss((images, labels), outputs)
         if extra is not None:
             loss = loss + extra
         optimizer.zero_grad(set_to_none=True)
