@@ -115,6 +115,24 @@ class Backend(Protocol):
         ...
 
 
+class CoordinatedBackend:
+    """Base of backends whose jobs die with their coordinator (local, Ray): the coordinator
+    records their states and ``clipcl cancel`` reaches them through it, so there is nobody
+    else to ask and nothing else to cancel."""
+
+    outlives_submitter = False
+
+    @staticmethod
+    def refresh(store: Any, root: Path, chain_ids: Any = None) -> dict[str, str]:
+        """Nothing to ask: the coordinator records its jobs' states."""
+        return {}
+
+    @staticmethod
+    def cancel_chains(store: Any, root: Path, chain_ids: Any) -> int:
+        """Nothing to cancel here: see ``coordinators.cancel_coordinators``."""
+        return 0
+
+
 class SchedulerBackend(Backend, Protocol):
     """A backend whose jobs outlive the submitter (a scheduler): it checks a request before
     anything is submitted and describes a submission in one line."""

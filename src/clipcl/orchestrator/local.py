@@ -28,6 +28,7 @@ from clipcl.orchestrator.backend import (
     ChainCancelled,
     ChainFailed,
     ChainJob,
+    CoordinatedBackend,
     JobHandle,
     JobState,
 )
@@ -134,7 +135,7 @@ class LocalJob:
                 os.killpg(proc.pid, sig)
 
 
-class LocalBackend:
+class LocalBackend(CoordinatedBackend):
     """Runs chains as subprocesses of this process.
 
     A chain asking for ``k`` GPUs gets ``k`` ids of its own in ``CUDA_VISIBLE_DEVICES`` (one
@@ -147,7 +148,6 @@ class LocalBackend:
     """
 
     name = "local"
-    outlives_submitter = False
 
     def __init__(
         self, max_parallel: int | None = None, gpus: Sequence[int | str] | None = None
@@ -167,16 +167,6 @@ class LocalBackend:
     def from_options(cls, options: BackendOptions) -> LocalBackend:
         """The backend for a submission: ``options.jobs`` chains at once."""
         return cls(max_parallel=options.jobs)
-
-    @staticmethod
-    def refresh(store: Any, root: Path, chain_ids: Any = None) -> dict[str, str]:
-        """Nothing to ask: the coordinator running local jobs records their states."""
-        return {}
-
-    @staticmethod
-    def cancel_chains(store: Any, root: Path, chain_ids: Any) -> int:
-        """Local jobs are cancelled through their coordinator (see ``cancel_coordinators``)."""
-        return 0
 
     def __enter__(self) -> LocalBackend:
         return self

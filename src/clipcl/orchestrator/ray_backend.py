@@ -20,6 +20,7 @@ from clipcl.orchestrator.backend import (
     ChainCancelled,
     ChainFailed,
     ChainJob,
+    CoordinatedBackend,
     JobHandle,
     JobState,
 )
@@ -175,7 +176,7 @@ class RayJob:
             self._state, self._error = "cancelled", detail
 
 
-class RayBackend:
+class RayBackend(CoordinatedBackend):
     """Runs each chain as a Ray task.
 
     Args:
@@ -187,7 +188,6 @@ class RayBackend:
     """
 
     name = "ray"
-    outlives_submitter = False
 
     def __init__(
         self,
@@ -208,16 +208,6 @@ class RayBackend:
     def from_options(cls, options: BackendOptions) -> RayBackend:
         """The backend for a submission: join ``options.ray_address`` or start a local Ray."""
         return cls(address=options.ray_address)
-
-    @staticmethod
-    def refresh(store: Any, root: Path, chain_ids: Any = None) -> dict[str, str]:
-        """Nothing to ask: the coordinator running the Ray tasks records their states."""
-        return {}
-
-    @staticmethod
-    def cancel_chains(store: Any, root: Path, chain_ids: Any) -> int:
-        """Ray tasks are cancelled through their coordinator (see ``cancel_coordinators``)."""
-        return 0
 
     @staticmethod
     def _init_kwargs(address: str | None, extra: dict[str, Any]) -> dict[str, Any]:
