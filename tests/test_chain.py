@@ -49,8 +49,8 @@ def test_same_spec_same_numbers_and_rerun_trains_nothing(tmp_path: Path) -> None
 
 
 def test_different_seed_gives_different_chain(tmp_path: Path) -> None:
+    # (the same spec giving the same id across processes is the golden chain-id test's job)
     assert tiny_spec(seed=0).chain_id != tiny_spec(seed=1).chain_id
-    assert tiny_spec(seed=0).chain_id == tiny_spec(seed=0).chain_id
 
 
 def test_corrupted_checkpoint_is_detected_and_its_task_recomputed(tmp_path: Path) -> None:

@@ -309,3 +309,50 @@ def test_store_of_schema_1_gains_the_jobs_table(tmp_path):
     with ResultsStore(tmp_path) as store:
         assert [r.name for r in store.sweeps()] == ["s"]
         assert store.jobs() == []
+
+
+def test_one_watcher_asks_sacct_once_for_every_handle_and_backs_off(tmp_path):
+    """Two chains' SlurmJob handles share one SacctWatcher: one sacct call per interval for
+    both; the state is reconcile() of the job states and the chain's records on disk."""
+    from clipcl.results.records import RunDir, TaskRecord
+    from clipcl.slurm.backend import SacctWatcher, SlurmJob
+
+    answers = {"10_0": "RUNNING", "10_1": "PENDING", "11": "PENDING", "12": "PENDING"}
+
+    def sacct(args):
+        asked = args[args.index("-j") + 1].split(",")
+        return 0, "\n".join(f"{j}|{answers[j]}" for j in asked)
+
+    run = Recorder({"sacct": sacct})
+    watcher = SacctWatcher(run, base_s=0.0, cap_s=0.0)
+    rows = [
+        {"job_id": "10_0", "chain_id": "a", "backend": "slurm", "first_task": 0},
+        {"job_id": "11", "chain_id": "b", "backend": "slurm", "first_task": 0},
+        {"job_id": "12", "chain_id": "b", "backend": "slurm", "first_task": 1},
+    ]
+    a = SlurmJob("a", rows[:1], tmp_path / "a", 2, watcher)
+    b = SlurmJob("b", rows[1:], tmp_path / "b", 2, watcher)
+    assert (a.state(), b.state()) == ("running", "queued")
+    assert b.job_ids == ["11", "12"] and b.records()[1]["job_id"] == "12"
+    calls = [c for c in run.calls if c[0] == "sacct"]
+    assert len(calls) == 2  # base interval 0: one query per state() call, never one per job
+    assert sorted(calls[0][calls[0].index("-j") + 1].split(",")) == ["10_0", "11", "12"]
+    # every task finished on disk: done, whatever the job says; a failed job after 1/2 tasks
+    done = RunDir(tmp_path / "a")
+    done.path.mkdir()
+    done.save_state({"completed": {"0": {}, "1": {}}})
+    answers.update({"11": "COMPLETED", "12": "FAILED"})
+    rb = RunDir(tmp_path / "b")
+    rb.path.mkdir()
+    state = rb.load_state()
+    state.completed[0] = TaskRecord()
+    rb.save_state(state)
+    assert a.state() == "done" and a.done()
+    assert b.state() == "failed"
+    assert "Slurm job 12 failed after 1/2 tasks" in b._judge()[1]
+    # ended jobs are never asked about again; with a long interval nothing is asked at all
+    before = len(run.calls)
+    slow = SacctWatcher(run, base_s=3600.0, cap_s=3600.0)
+    c = SlurmJob("c", [{"job_id": "10_1", "chain_id": "c"}], tmp_path / "c", 2, slow)
+    assert c.state() == "queued" and c.state() == "queued"
+    assert len(run.calls) == before + 1 and slow.queries == 1
