@@ -127,8 +127,8 @@ def test_sigkilled_ray_worker_is_retried_and_the_chain_resumes(
     after = records.completed()
     assert sorted(after) == [0, 1, 2]
     for k, info in before.items():  # tasks finished before the kill were not redone
-        assert after[k]["finished_at"] == info["finished_at"] < killed_at
-    assert after[2]["finished_at"] > killed_at
+        assert after[k].finished_at == info.finished_at < killed_at
+    assert after[2].finished_at > killed_at
     log = (job.run_dir / "worker.log").read_text()
     assert log.count("ray worker pid") == 2
     assert f"resuming after task {len(before)} of 3" in log

@@ -148,9 +148,9 @@ def test_whole_mode_sweep_matches_direct_runs_and_splits_arrays(
     root = Path(sweep.root)
     cli("plan", str(sweep_file))  # creates nothing Slurm-side
     with ResultsStore(root) as store:
-        from clipcl.cli.sweep import _records
+        from clipcl.orchestrator.plan import chain_record
 
-        store.record_sweep(sweep.name, str(sweep_file), {}, _records(entries))
+        store.record_sweep(sweep.name, str(sweep_file), {}, [chain_record(e) for e in entries])
         sub = submit_sweep(sweep, entries, root, store, source=str(sweep_file), max_array=2)
     arrays = {r["job_id"].split("_")[0] for r in sub.submitted}
     assert len(sub.submitted) == 3 and len(arrays) == 2
