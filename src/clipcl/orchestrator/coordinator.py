@@ -23,6 +23,8 @@ from clipcl.orchestrator.backend import (
 )
 
 EventCallback = Callable[[str, JobState, str | None], None]
+#: Called once per poll; returns the chains whose jobs are to be cancelled now.
+TickCallback = Callable[[], set[str]]
 
 
 class Backoff:
@@ -75,6 +77,7 @@ def run_jobs(
     on_event: EventCallback,
     poll_s: float = 1.0,
     stop: threading.Event | None = None,
+    on_tick: TickCallback | None = None,
 ) -> dict[str, JobState]:
     """Run ``jobs`` on ``backend`` until each is done, failed or cancelled.
 
@@ -85,6 +88,7 @@ def run_jobs(
             is the job id for ``running`` and the error for ``failed``/``cancelled``.
         poll_s: Seconds between polls.
         stop: When set, every unfinished job is cancelled and the loop waits for them to end.
+        on_tick: Called every poll; the chains it returns are cancelled (``clipcl cancel CHAIN``).
 
     Returns:
         The final state of each chain.
@@ -95,7 +99,7 @@ def run_jobs(
     duplicates = sorted(cid for cid, n in Counter(j.chain_id for j in jobs).items() if n > 1)
     if duplicates:
         raise ClipclError(f"chains submitted twice: {', '.join(duplicates)}")
-    return follow(backend.submit(jobs), on_event, poll_s, stop)
+    return follow(backend.submit(jobs), on_event, poll_s, stop, on_tick=on_tick)
 
 
 def follow(
@@ -104,12 +108,13 @@ def follow(
     poll_s: float = 1.0,
     stop: threading.Event | None = None,
     cancel_on_exit: bool = True,
+    on_tick: TickCallback | None = None,
 ) -> dict[str, JobState]:
     """Poll ``handles`` until each is done, failed or cancelled (see :func:`run_jobs`).
 
     ``cancel_on_exit``: cancel unfinished jobs when ``stop`` is set or an exception (Ctrl-C)
     ends the loop; ``False`` for jobs that live on without this process (a scheduler's): then
-    ``stop`` only ends the loop.
+    ``stop`` only ends the loop. ``on_tick``: see :func:`run_jobs`.
     """
     stop = stop or threading.Event()
     last: dict[str, JobState | None] = {h.chain_id: None for h in handles}
@@ -117,6 +122,10 @@ def follow(
     try:
         _poll(handles, last, on_event)
         while _unfinished(last):
+            if on_tick is not None:
+                wanted = on_tick()
+                if wanted:
+                    _cancel_all([h for h in handles if h.chain_id in wanted])
             if stop.is_set() and not cancel_on_exit:
                 break
             if stop.is_set() and not cancelled:

@@ -1,21 +1,27 @@
 """Coordinator processes of a run root: their markers, their hand-off and their entry point.
 
 A coordinator is the process that stays with the jobs of a backend whose jobs die with it (local
-subprocesses, Ray tasks). It writes ``ROOT/coordinators/<pid>.json`` listing its chains, so a
-second submission leaves them alone while it lives, and ``clipcl cancel`` signals it (SIGTERM:
-it cancels its jobs and exits). ``clipcl submit`` without ``--follow`` hands a plan's chains to a
-detached coordinator through a hand-off file (``python -m clipcl.orchestrator.coordinators
---handoff FILE``): the coordinator runs exactly those chains and never re-expands the sweep.
+subprocesses, Ray tasks). It writes ``ROOT/coordinators/<host>-<pid>.json`` listing its chains
+and saying who it is (host, boot id, pid, process start time), so a second submission leaves
+them alone while it lives. A marker is live only while that very process is (on this host), or
+while its heartbeat is fresh (another host sharing the root); a stale one is removed. ``clipcl
+cancel`` never signals a process: it leaves the chains to cancel in the coordinator's
+``.cancel`` file, which the coordinator polls. ``clipcl submit`` without ``--follow`` hands a
+plan's chains to a detached coordinator through a hand-off file (``python -m
+clipcl.orchestrator.coordinators --handoff FILE``): it runs exactly those chains and never
+re-expands the sweep.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -32,47 +38,138 @@ def coordinators_dir(root: Path) -> Path:
     return Path(root) / COORDINATORS_DIR
 
 
-def _alive(pid: int) -> bool:
+#: A marker from another host (or boot) counts as live while it was touched this recently.
+HEARTBEAT_S = 60.0
+
+
+def boot_id() -> str:
+    """This machine's boot id (changes at every boot; ``""`` where the kernel has none)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot), or ``None`` if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name in (...) may hold spaces
+
+
+@dataclass(frozen=True)
+class Coordinator:
+    """A coordinator's marker: who it is (host, boot, pid, process start) and its chains."""
+
+    path: Path
+    pid: int
+    host: str
+    boot: str
+    start: str | None
+    sweep: str
+    chains: tuple[str, ...]
+
+    @property
+    def here(self) -> bool:
+        """Whether it runs on this machine since its current boot (so it can be checked)."""
+        return self.host == socket.gethostname() and self.boot == boot_id()
+
+    def alive(self) -> bool:
+        """Here: provably the same process (pid and start time); elsewhere: a fresh heartbeat."""
+        if self.here:
+            return self.start is not None and process_start(self.pid) == self.start
+        try:
+            return time.time() - self.path.stat().st_mtime < HEARTBEAT_S
+        except OSError:
+            return False
+
+    @property
+    def cancel_path(self) -> Path:
+        """Where ``clipcl cancel`` leaves the chains this coordinator is to cancel."""
+        return self.path.with_suffix(".cancel")
+
+
+def _read_marker(path: Path) -> Coordinator | None:
+    try:
+        info = json.loads(path.read_text())
+        return Coordinator(
+            path,
+            int(info["pid"]),
+            str(info.get("host", "")),
+            str(info.get("boot", "")),
+            info.get("start"),
+            str(info.get("sweep", "")),
+            tuple(str(c) for c in info["chains"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def coordinators(root: Path) -> list[Coordinator]:
+    """The live coordinators of a run root; the markers of dead ones are removed."""
+    live = []
+    for path in sorted(coordinators_dir(root).glob("*.json")):
+        marker = _read_marker(path)
+        if marker is None:
+            continue
+        if marker.alive():
+            live.append(marker)
+        else:
+            path.unlink(missing_ok=True)
+            marker.cancel_path.unlink(missing_ok=True)
+    return live
 
 
 def live_coordinators(root: Path) -> dict[str, int]:
     """chain id → pid of the live coordinator running it; stale markers are removed."""
-    owned: dict[str, int] = {}
-    for path in sorted(coordinators_dir(root).glob("*.json")):
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if _alive(int(info["pid"])):
-            owned.update({c: int(info["pid"]) for c in info["chains"]})
-        else:
-            path.unlink(missing_ok=True)
-    return owned
+    return {c: m.pid for m in coordinators(root) for c in m.chains}
 
 
 def write_marker(root: Path, sweep_name: str, chain_ids: Sequence[str]) -> Path:
     """Mark this process as the coordinator of ``chain_ids``; the marker's path."""
-    marker = coordinators_dir(root) / f"{os.getpid()}.json"
-    atomic_write_json(marker, {"pid": os.getpid(), "sweep": sweep_name, "chains": list(chain_ids)})
+    pid, host = os.getpid(), socket.gethostname()
+    marker = coordinators_dir(root) / f"{host}-{pid}.json"
+    info = {
+        "pid": pid,
+        "host": host,
+        "boot": boot_id(),
+        "start": process_start(pid),
+        "sweep": sweep_name,
+        "chains": list(chain_ids),
+    }
+    atomic_write_json(marker, info)
     return marker
 
 
+def heartbeat_and_requests(marker: Path) -> set[str]:
+    """Touch the marker (the heartbeat hosts elsewhere judge it by); the chains that
+    ``clipcl cancel`` asked this coordinator to cancel."""
+    with contextlib.suppress(OSError):
+        os.utime(marker)
+    try:
+        return set(json.loads(marker.with_suffix(".cancel").read_text()))
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
 def cancel_coordinators(root: Path, chain_ids: Iterable[str]) -> int:
-    """SIGTERM every live coordinator running one of ``chain_ids``; chains so reached."""
+    """Ask the live coordinators running any of ``chain_ids`` to cancel exactly those chains
+    (a request file each polls; no process is signalled); how many chains were reached."""
     ids = set(chain_ids)
-    stopped = 0
-    for chain_id, pid in live_coordinators(root).items():
-        if chain_id in ids:  # the coordinator cancels its jobs on SIGTERM
-            os.kill(pid, signal.SIGTERM)
-            stopped += 1
-    return stopped
+    reached = 0
+    for marker in coordinators(root):
+        mine = ids & set(marker.chains)
+        if not mine:
+            continue
+        try:
+            before = set(json.loads(marker.cancel_path.read_text()))
+        except (OSError, ValueError, TypeError):
+            before = set()
+        atomic_write_json(marker.cancel_path, sorted(before | mine))
+        reached += len(mine)
+    return reached
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ backend whose jobs outlive the submitter (Slurm) needs alone: submit, then recor
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 from clipcl.orchestrator.backend import Backend, ChainJob, JobHandle, JobState, Resources
 from clipcl.orchestrator.coordinator import run_jobs
-from clipcl.orchestrator.coordinators import write_marker
+from clipcl.orchestrator.coordinators import heartbeat_and_requests, write_marker
 from clipcl.orchestrator.state import reconcile
 from clipcl.results.records import RunDir
 from clipcl.results.store import ResultsStore
@@ -118,6 +119,15 @@ class StoreRecorder:
         self.log(f"{time.strftime('%H:%M:%S')} {chain_id} {state}{suffix}")
 
 
+def _settle_unfinished(record: StoreRecorder, seen: dict[str, JobState]) -> None:
+    """After the loop ended early (Ctrl-C, an error): the chains not seen to end are cancelled
+    in the store (their jobs were), or done if their records say so — never left running."""
+    for chain_id in record.totals:
+        if seen.get(chain_id) not in {"done", "failed", "cancelled"}:
+            with contextlib.suppress(Exception):  # the store may be what failed
+                record(chain_id, "cancelled", "the coordinator stopped before the chain ended")
+
+
 def run_sweep_chains(
     sweep_name: str,
     chains: list[SweepChain],
@@ -127,7 +137,12 @@ def run_sweep_chains(
     data_root: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, JobState]:
-    """Run ``chains`` on ``backend`` until each ends; SIGTERM cancels them (``clipcl cancel``)."""
+    """Run ``chains`` on ``backend`` until each ends.
+
+    ``clipcl cancel`` reaches the chains through the marker's ``.cancel`` file (polled every
+    second); SIGTERM cancels them all. However the loop ends, no chain is left ``running`` or
+    ``queued`` in the store.
+    """
     jobs = prepare_jobs(chains, root, resources, data_root)
     marker = write_marker(root, sweep_name, [c.chain_id for c in chains])
     totals = {c.chain_id: c.num_tasks for c in chains}
@@ -135,24 +150,31 @@ def run_sweep_chains(
     store = ResultsStore(root)
     store.set_states(list(totals), "queued", backend=backend.name)
     record = StoreRecorder(store, root, backend.name, totals, log)
+    final_states: dict[str, JobState] = {}
 
     def on_event(chain_id: str, state: JobState, detail: str | None) -> None:
         if state == "failed" and RunDir.of(root, chain_id).locked():
             orphans.add(chain_id)
             state, detail = "running", "a worker of an earlier coordinator"
+        final_states[chain_id] = state
         record(chain_id, state, detail)
+
+    def tick() -> set[str]:
+        return heartbeat_and_requests(marker)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        final = run_jobs(backend, jobs, on_event, stop=stop)
+        final = run_jobs(backend, jobs, on_event, stop=stop, on_tick=tick)
         while orphans and not stop.is_set():  # wait for them, then finish what they left
             wait_unlocked([RunDir.of(root, c).path for c in orphans], stop)
-            again = [j for j in jobs if j.chain_id in orphans]
+            again = [j for j in jobs if j.chain_id in orphans - tick()]
             orphans.clear()
-            final.update(run_jobs(backend, again, on_event, stop=stop))
+            final.update(run_jobs(backend, again, on_event, stop=stop, on_tick=tick))
     finally:
         backend.shutdown()
+        _settle_unfinished(record, final_states)
         marker.unlink(missing_ok=True)
+        marker.with_suffix(".cancel").unlink(missing_ok=True)
         store.close()
     return final
