@@ -254,6 +254,7 @@ def status(
 ) -> None:
     """Chains and their states: counts per state and a table of chains."""
     from clipcl.orchestrator.coordinator import Backoff
+    from clipcl.orchestrator.plan import reconcile_store
     from clipcl.orchestrator.state import TERMINAL
     from clipcl.results.store import DB_NAME, ResultsStore
 
@@ -269,6 +270,7 @@ def status(
                 changed = _refresh_backends(store, root)
                 ask_at = time.monotonic() + (backoff.next(changed) if backoff else 0)
             store.ingest_root(root)
+            reconcile_store(store, root)  # nothing runs a chain the store says is running
             rows = store.chain_progress(name)
         counts: dict[str, int] = {}
         for r in rows:

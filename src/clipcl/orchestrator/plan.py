@@ -197,8 +197,15 @@ def plan(
     chains: list[PlannedChain] = []
     for e in entries:
         row = stored.get(e.chain_id)
-        remembered = row.state if row is not None and row.state in _REMEMBERED else None
-        judged = reconcile(remembered, RunDir.of(root, e.chain_id).tasks_done(), e.spec_tasks)
+        run_dir = RunDir.of(root, e.chain_id)
+        active = row is not None and row.state in ACTIVE
+        judged = judge(
+            row.state if row else None,
+            row.backend if row else None,
+            run_dir.tasks_done(),
+            e.spec_tasks,
+            active and (e.chain_id in coordinators or run_dir.locked()),
+        )
         owner = kind = None
         if e.chain_id in coordinators:
             owner, kind = f"coordinator pid {coordinators[e.chain_id]}", "coordinator"
@@ -206,6 +213,53 @@ def plan(
             owner, kind = f"{row.backend} job {row.job_id}", "scheduler"
         chains.append(PlannedChain(e, judged, owner, kind))
     return Plan(sweep, str(sweep_file), root, chains)
+
+
+def judge(
+    stored: str | None,
+    backend: str | None,
+    tasks_done: int,
+    num_tasks: int | None,
+    alive: bool,
+) -> Reconciled:
+    """A chain's state from what the store remembers, its records and whether anything runs it.
+
+    The store's ``queued``/``running`` is believed for a scheduler's job (the scheduler was
+    asked); for a job that dies with its coordinator it is believed only while a live
+    coordinator owns the chain or a worker holds its lock (``alive``): otherwise that job is
+    gone (its coordinator was killed or interrupted).
+    """
+    job = stored if stored in _REMEMBERED else None
+    if job in ACTIVE and not _outlives(backend) and not alive:
+        job = "gone"
+    return reconcile(job, tasks_done, num_tasks)
+
+
+GONE = (
+    "no live coordinator or worker runs it (the coordinator was killed or interrupted); "
+    "submit again to resume"
+)
+
+
+def reconcile_store(store: Any, root: Path) -> int:
+    """Correct the store's ``queued``/``running`` chains that nothing runs any more (see
+    :func:`judge`); how many were changed."""
+    coordinators: dict[str, int] | None = None
+    changed = 0
+    for row in store.chain_progress():
+        if row.state not in ACTIVE or _outlives(row.backend):
+            continue
+        if coordinators is None:
+            from clipcl.orchestrator.coordinators import live_coordinators
+
+            coordinators = live_coordinators(root)
+        run_dir = RunDir.of(root, row.chain_id)
+        alive = row.chain_id in coordinators or run_dir.locked()
+        judged = judge(row.state, row.backend, run_dir.tasks_done(), row.num_tasks, alive)
+        if judged.state != row.state:
+            store.set_state(row.chain_id, judged.state, error=GONE)
+            changed += 1
+    return changed
 
 
 def _outlives(backend: str | None) -> bool:

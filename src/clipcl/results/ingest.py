@@ -51,7 +51,7 @@ def ingest_chain(conn: sqlite3.Connection, chain_id: str, run_dir: Path) -> int:
     records = RunDir(run_dir)
     sig = signature(records)  # before reading: a later write changes it again
     try:
-        state = records.load_state()  # one snapshot of the finished tasks
+        state = records.verified_state()  # one snapshot of the finished tasks
         rows = records.read_rows()
         known = conn.execute("SELECT 1 FROM chains WHERE chain_id = ?", (chain_id,))
         spec = None if known.fetchone() else json.loads(records.spec_path.read_text())
@@ -74,6 +74,16 @@ def ingest_chain(conn: sqlite3.Connection, chain_id: str, run_dir: Path) -> int:
                 "UPDATE chains SET state = 'done', finished = ?, error = NULL, "
                 "num_tasks = COALESCE(num_tasks, ?) WHERE chain_id = ? AND state != 'done'",
                 (last or time.time(), num_tasks, chain_id),
+            )
+        else:  # a chain recorded done whose records no longer say so (rows lost): not done
+            c.execute(
+                "UPDATE chains SET state = 'failed', error = ? WHERE chain_id = ? "
+                "AND state = 'done'",
+                (
+                    f"only {len(completed)} tasks have their rows in {records.rows_path}; "
+                    "submit again to recompute the rest",
+                    chain_id,
+                ),
             )
         c.execute("UPDATE chains SET ingest_sig = ? WHERE chain_id = ?", (sig, chain_id))
         query = "SELECT COUNT(*) FROM eval_rows WHERE chain_id = ?"

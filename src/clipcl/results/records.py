@@ -264,10 +264,31 @@ class RunDir:
         """Finished task index → its record."""
         return self.load_state().completed
 
+    def verified_state(self) -> ChainState:
+        """The state with only the finished tasks whose evaluation rows are all in
+        ``rows.jsonl`` (after task k: eval tasks 0..k at least). A task whose rows were lost
+        after the fact is not finished, and neither is any task after it: they are recomputed.
+
+        Raises:
+            OSError, ValueError: ``state.json`` cannot be read or is not a chain state.
+        """
+        state = self.load_state()
+        if not state.completed:
+            return state
+        rows = {(r.trained_task, r.eval_task) for r in self.read_rows()}
+        kept: dict[int, TaskRecord] = {}
+        for k in range(max(state.completed) + 1):
+            if k not in state.completed or any((k, i) not in rows for i in range(k + 1)):
+                break
+            kept[k] = state.completed[k]
+        state.completed = kept
+        return state
+
     def tasks_done(self) -> int:
-        """Finished tasks according to the records (0 if it never ran or they are unreadable)."""
+        """Finished tasks whose rows are there (0 if it never ran or its records are
+        unreadable); see :meth:`verified_state`."""
         try:
-            return self.load_state().tasks_done
+            return self.verified_state().tasks_done
         except (OSError, ValueError):
             return 0
 
@@ -291,8 +312,8 @@ class RunDir:
         return list(latest.values())
 
     def finished_rows(self) -> list[EvalRow]:
-        """Rows of the zero-shot pass and of finished tasks only."""
-        state = self.load_state()
+        """Rows of the zero-shot pass and of finished tasks only (:meth:`verified_state`)."""
+        state = self.verified_state()
         done = set(state.completed)
         if state.zeroshot_done:
             done.add(ZEROSHOT)

@@ -81,8 +81,10 @@ def chain_metrics(protocol: str, matrix: np.ndarray, counts: np.ndarray) -> dict
 
 
 def _resume(records: RunDir, model, method: Method, progress: ChainProgress) -> int:
-    """Restore the latest finished task with a valid checkpoint; return the next task index."""
-    state = records.load_state()
+    """Restore the latest finished task with a valid checkpoint; return the next task index.
+
+    Only tasks whose rows are all there count as finished (:meth:`RunDir.verified_state`)."""
+    state = records.verified_state()
     start = 0
     for k in sorted(state.completed, reverse=True):
         info = state.completed[k]
@@ -139,7 +141,7 @@ def load_result(
         records.zeroshot_accuracies(T),
         trained_now=trained_now or [],
     )
-    if len(records.completed()) == T:
+    if records.tasks_done() == T:
         result.metrics = chain_metrics(benchmark.protocol, matrix, counts)
     return result
 
