@@ -116,3 +116,19 @@ def test_ctrl_c_on_submit_follow_leaves_nothing_running(tmp_path: Path) -> None:
         timeout=60,
     )
     assert watch.returncode == 0 and "cancelled" in watch.stdout, watch.stdout + watch.stderr
+
+
+def test_submit_follow_exits_nonzero_naming_failed_chains_and_status_of_unknown_sweep(
+    tmp_path: Path,
+) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    text = SWEEP.read_text().replace("seeds: [0, 1, 2, 3]", "seeds: [0]")
+    sweep.write_text(text.replace("resources: {cpus: 1", "resources: {gpus: 1, cpus: 1"))
+    root = tmp_path / "root"
+    done = clipcl_inprocess("submit", sweep, "--root", root, "--follow", "--backend", "local")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "failed: needs 1 GPU(s) but this backend has" in done.stderr, done.stderr
+    assert "1 chains did not finish" in done.stderr
+    unknown = clipcl_inprocess("status", "no-such-sweep", "--root", root)
+    assert unknown.returncode == 2 and "unknown sweep" in unknown.stderr, unknown.stderr
+    assert "smoke4" in unknown.stderr  # the sweeps it knows

@@ -169,6 +169,7 @@ def _submit_to_coordinator(the_plan, backend: str, options, follow: bool) -> Non
         )
         bad = sorted(c for c, s in final.items() if s != "done")
         err.print(f"coordinator finished: {len(final) - len(bad)} done, {len(bad)} not done")
+        _exit_if_not_done(the_plan.root, final)
         return
     prepare_jobs(chains, the_plan.root)  # the coordinator reads the specs from the run dirs
     pid, log = start_detached(handoff)
@@ -207,6 +208,24 @@ def _submit_to_scheduler(the_plan, backend: str, options, follow: bool) -> None:
         final = follow_handles(handles, recorder, poll_s=2.0, cancel_on_exit=False)
     bad = sorted(c for c, state in final.items() if state != "done")
     err.print(f"slurm chains finished: {len(final) - len(bad)} done, {len(bad)} not done")
+    _exit_if_not_done(the_plan.root, final)
+
+
+def _exit_if_not_done(root: Path, final: dict[str, str]) -> None:
+    """With chains that did not finish: list each with its first error line, exit 1."""
+    bad = sorted(c for c, state in final.items() if state != "done")
+    if not bad:
+        return
+    from clipcl.results.store import ResultsStore
+
+    with ResultsStore(root) as store:
+        for chain_id in bad:
+            row = store.chain(chain_id)
+            error = (row.error or "").strip().splitlines() if row else []
+            detail = f": {error[0]}" if error else ""
+            err.print(f"  {chain_id} {final[chain_id]}{detail}", highlight=False, soft_wrap=True)
+    err.print(f"{len(bad)} chains did not finish (`clipcl logs CHAIN` shows why)")
+    raise typer.Exit(1)
 
 
 def _sweep_name(sweep: str | None) -> tuple[str | None, Path | None]:
@@ -262,6 +281,9 @@ def status(
     name, _ = _sweep_name(sweep)
     if not (root / DB_NAME).is_file():
         raise ClipclError(f"no results store under {root} (submit a sweep first, or pass --root)")
+    if name is not None:
+        with ResultsStore(root) as store:
+            store.check_sweep(name)
     backoff = Backoff(base=watch, cap=max(watch, 60.0)) if watch else None
     ask_at = 0.0
     while True:

@@ -245,6 +245,10 @@ class ResultsStore:
         )
         return [SweepRow(*row) for row in cur.fetchall()]
 
+    def check_sweep(self, sweep: str) -> None:
+        """Raise ``ClipclError`` (naming the known sweeps) unless ``sweep`` is recorded."""
+        sweep_filter(self._conn, self.path, sweep, check=True)
+
     def chain_progress(self, sweep: str | None = None) -> list[ChainRow]:
         """Every chain's progress (sorted by id), in one query; an unknown ``sweep`` has no
         chains."""
