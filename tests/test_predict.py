@@ -101,6 +101,22 @@ def test_trained_colours_checkpoint_recognises_red_as_json(files) -> None:
     assert preds[0]["class"] == "red" and preds[0]["probability"] > 0.5
 
 
+def test_top_k_above_the_number_of_classes_prints_them_all(files) -> None:
+    """The help says "all classes when there are fewer": --top-k 7 with 4 classes is no error."""
+    res = _clipcl(
+        "predict",
+        files["image"],
+        "--checkpoint",
+        files["ckpt"],
+        "--class-names",
+        files["classes"],
+        "--top-k",
+        "7",
+    )
+    assert res.returncode == 0, res.stderr
+    _check_lines(res.stdout, 4)
+
+
 def test_packaged_tiny_weights_zero_shot(files) -> None:
     res = _clipcl(
         "predict",
@@ -127,8 +143,9 @@ def test_packaged_tiny_weights_zero_shot(files) -> None:
         ("missing-checkpoint", "--checkpoint"),
         ("empty-classes", "is empty"),
         ("missing-classes", "--class-names"),
-        ("top-k", "--top-k 7 is larger than the 4 classes"),
         ("template", "--template"),
+        ("template-fields", "no other braces"),
+        ("bomb", "too large to open safely"),
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_2(files, case: str, needle: str) -> None:
@@ -148,8 +165,11 @@ def test_bad_input_is_one_error_line_and_exit_2(files, case: str, needle: str) -
         args["classes"] = files["empty"]
     elif case == "missing-classes":
         args["classes"] = files["root"] / "nope.txt"
-    elif case == "top-k":
-        extra = ["--top-k", "7"]
+    elif case == "template-fields":
+        extra = ["--template", "{0} {1} {}"]
+    elif case == "bomb":  # a tiny file declaring a huge image (PIL's decompression-bomb guard)
+        args["image"] = files["root"] / "bomb.png"
+        Image.new("1", (20000, 20000)).save(args["image"])
     elif case == "template":
         extra = ["--template", "no placeholder"]
     res = _clipcl(

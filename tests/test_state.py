@@ -78,8 +78,8 @@ def test_plan_labels(stored, done, label) -> None:
 
 
 def test_run_dir_state_round_trip(tmp_path: Path) -> None:
-    run = RunDir.of(tmp_path, "abc")
-    assert run.path == tmp_path / "chains" / "abc"
+    run = RunDir.of(tmp_path, "0123456789ab")
+    assert run.path == tmp_path / "chains" / "0123456789ab"
     assert run.tasks_done() == 0 and run.load_state() == ChainState()
     run.path.mkdir(parents=True)
     state = ChainState({0: TaskRecord("ckpt/task_000.pt", "f00", 1.5, 10.0)}, True, 3)

@@ -102,3 +102,22 @@ def test_cached_tag_and_name_tag_resolve_offline(tmp_path: Path) -> None:
         resolve_pretrained("ViT-B-16", "ViT-B-32/openai", cache_dir=str(tmp_path))
     with pytest.raises(ClipclError, match="not in the local cache.*nothing is downloaded"):
         resolve_pretrained("ViT-B-16", "laion2b_s34b_b88k", cache_dir=str(tmp_path))
+
+
+def test_a_file_with_python_objects_is_refused_in_one_line(tmp_path: Path) -> None:
+    """The weights-only unpickler's refusal (many lines, advising weights_only=False) becomes
+    one line saying the file is not a plain tensor checkpoint and was not loaded."""
+    import argparse
+
+    from clipcl.models.checkpoint import CheckpointError, load_checkpoint
+
+    path = tmp_path / "objects.pt"
+    torch.save({"args": argparse.Namespace(lr=1.0), "state_dict": {}}, path)
+    with pytest.raises(ClipclError) as info:
+        build_model(ModelConfig(arch="tiny", pretrained=str(path)))
+    message = str(info.value)
+    assert "not a plain tensor checkpoint" in message and "was not loaded" in message
+    assert "weights_only=False" not in message and "\n" not in message
+    with pytest.raises(CheckpointError, match="not a plain tensor checkpoint") as ckpt:
+        load_checkpoint(path)
+    assert "\n" not in str(ckpt.value)

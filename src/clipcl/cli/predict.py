@@ -11,6 +11,7 @@ class names of FILE (one per line) with one prompt template.
 from __future__ import annotations
 
 import json
+import string
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,25 @@ def _class_names(path: Path) -> list[str]:
     return names
 
 
+def _check_template(template: str) -> None:
+    """``template`` holds exactly one plain ``{}`` (for the class name) and nothing else to fill.
+
+    Raises:
+        ClipclError: It does not (e.g. ``{0} {1} {}``, ``{name}``, an unmatched brace).
+    """
+    try:
+        fields = [f for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+        ok = fields == [""] and "{}" in template
+        template.format("x")
+    except (ValueError, IndexError, KeyError):
+        ok = False
+    if not ok:
+        raise ClipclError(
+            f"--template '{template}': expected exactly one '{{}}' for the class and no other "
+            "braces (write '{{' or '}}' for a literal brace)"
+        )
+
+
 def _image(path: Path) -> Any:
     """The image file as a uint8 tensor (3, 224, 224), resized like the real datasets."""
     from PIL import Image, UnidentifiedImageError
@@ -52,6 +72,11 @@ def _image(path: Path) -> Any:
     try:
         with Image.open(path) as im:
             return clip_resize(im, IMAGE_SIZE)
+    except Image.DecompressionBombError:
+        raise ClipclError(
+            f"image '{path}' is too large to open safely (more than "
+            f"{2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels: a decompression bomb?)"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ClipclError(f"image '{path}' is not a readable image: {detail}") from None
@@ -178,15 +203,9 @@ def predict(
     from clipcl.models import pick_device
 
     pixels = _image(image)
-    if template.count("{}") != 1:
-        raise ClipclError(f"--template '{template}': expected exactly one '{{}}' for the class")
+    _check_template(template)
     names = _class_names(class_names)
-    if top_k is None:
-        top_k = min(5, len(names))
-    elif top_k > len(names):
-        raise ClipclError(
-            f"--top-k {top_k} is larger than the {len(names)} classes in '{class_names}'"
-        )
+    top_k = min(5 if top_k is None else top_k, len(names))  # all classes when fewer
     clip = load_model(checkpoint, model, pick_device(device))
     probs = classify(clip, pixels, names, template)
     values, indices = probs.topk(top_k)

@@ -8,6 +8,7 @@ so submitting again never runs a chain twice; it dispatches only what is not fin
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import cast
@@ -60,7 +61,7 @@ def preflight_data(sweep, data_root: str | None, *, refuse: bool) -> bool:
 def plan(
     sweep_file: Path = typer.Argument(..., help="Sweep file (YAML)."),
     root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
-    limit: int = typer.Option(200, "--limit", help="Show at most this many chains."),
+    limit: int = typer.Option(200, "--limit", min=0, help="Show at most this many chains."),
     data_root: str | None = typer.Option(None, "--data-root", help="Root of local datasets."),
 ) -> None:
     """Show the chains of a sweep with their state and the work left; runs nothing."""
@@ -269,7 +270,7 @@ def status(
     sweep: str | None = typer.Argument(None, help="Sweep file or name (default: every chain)."),
     root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
     watch: float | None = typer.Option(None, "--watch", help="Refresh every N seconds."),
-    limit: int = typer.Option(50, "--limit", help="Show at most this many chains."),
+    limit: int = typer.Option(50, "--limit", min=0, help="Show at most this many chains."),
 ) -> None:
     """Chains and their states: counts per state and a table of chains."""
     from clipcl.orchestrator.coordinator import Backoff
@@ -302,7 +303,8 @@ def status(
         )
         out.print(summary, soft_wrap=True, highlight=False)  # one line, however long
         table = Table()
-        for col in ("chain", "method", "benchmark", "seed", "state", "tasks", "attempts", "job"):
+        cols = ("chain", "method", "benchmark", "seed", "settings", "state", "tasks", "attempts")
+        for col in (*cols, "job"):
             table.add_column(col)
         for r in rows[:limit]:
             table.add_row(
@@ -310,6 +312,7 @@ def status(
                 r.method,
                 r.benchmark,
                 str(r.seed),
+                ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(r.settings.items())) or "-",
                 r.state,
                 f"{r.tasks_done}/{r.num_tasks}",
                 str(r.attempts),
@@ -348,16 +351,22 @@ def results(
 
 @app.command()
 def logs(
-    chain: str = typer.Argument(..., help="Chain id."),
-    root: Path = typer.Option(Path("runs"), "--root", help="Run root."),
-    lines: int = typer.Option(100, "--lines", help="Last N lines."),
+    target: str = typer.Argument(..., help="Chain id, or the sweep file (then give the chain)."),
+    chain: str | None = typer.Argument(None, help="Chain id (after a sweep file)."),
+    root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
+    lines: int = typer.Option(100, "--lines", min=1, help="Last N lines."),
 ) -> None:
     """The worker log of a chain (stdout and stderr of its job; every Slurm job of it)."""
     from clipcl.results.records import RunDir
     from clipcl.slurm.logs import chain_log_files
 
-    files = chain_log_files(root, chain)
+    if chain is None:
+        chain, sweep = target, None
+    else:
+        sweep = target
+    root = _root_for(sweep, root)
     log = RunDir.of(root, chain).log_path
+    files = chain_log_files(root, chain)
     if log.is_file():
         files.append(log)
     if not files:
@@ -371,11 +380,17 @@ def logs(
 
 
 def _chains_of(target: str, root: Path) -> list[str]:
-    from clipcl.results.records import RunDir
-    from clipcl.results.store import ResultsStore
+    """The chains a target names: a chain id under ``root``, or a sweep's (file or name)."""
+    from clipcl.results.records import RunDir, check_chain_id
+    from clipcl.results.store import DB_NAME, ResultsStore
 
-    if RunDir.of(root, target).path.is_dir():
-        return [target]
+    try:
+        if RunDir.of(root, check_chain_id(target)).path.is_dir():
+            return [target]
+    except ClipclError:
+        pass  # not a chain id: a sweep
+    if not (root / DB_NAME).is_file():
+        raise ClipclError(f"no results store under {root} (submit a sweep first, or pass --root)")
     name, _ = _sweep_name(target)
     with ResultsStore(root) as store:
         ids = [r.chain_id for r in store.chain_progress(name)]
@@ -419,6 +434,10 @@ def retry(
     root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
     follow: bool = typer.Option(False, "--follow", help="Stay attached until all chains end."),
     jobs: int | None = typer.Option(None, "--jobs", min=1, help="local: chains at once."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="ray: cluster address (default: start a local Ray)."
+    ),
+    data_root: str | None = typer.Option(None, "--data-root", help="Root of local datasets."),
 ) -> None:
     """Submit the sweep again: every unfinished chain that nobody runs is dispatched (failed,
     cancelled, partial and new ones); finished tasks are kept and the chains resume."""
@@ -428,6 +447,6 @@ def retry(
         root=root,
         follow=follow,
         jobs=jobs,
-        ray_address=None,
-        data_root=None,
+        ray_address=ray_address,
+        data_root=data_root,
     )

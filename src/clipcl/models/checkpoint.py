@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -34,4 +35,21 @@ def load_checkpoint(
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"checkpoint unreadable: {path}: {exc}") from exc
+        raise CheckpointError(f"checkpoint unreadable: {path}: {load_error(exc)}") from exc
+
+
+def load_error(exc: BaseException) -> str:
+    """One line for a failed ``torch.load(..., weights_only=True)``.
+
+    A file holding Python objects is refused by the weights-only unpickler, whose message spans
+    many lines and suggests ``weights_only=False``; clipcl never unpickles arbitrary objects,
+    so it says what happened instead.
+    """
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        return (
+            "not a plain tensor checkpoint (it holds Python objects, which clipcl does not "
+            "unpickle); it was not loaded"
+        )
+    first = text.strip().splitlines()[0][:300] if text.strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from clipcl.errors import ClipclError, did_you_mean
+from clipcl.models.checkpoint import load_error
 from clipcl.models.clip import ClipModel
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -239,8 +240,7 @@ def build_model(config: ModelConfig, device: torch.device | None = None) -> Clip
             _load_weights(clip, weights)
         except Exception as exc:  # a wrong or damaged file: say which
             raise ClipclError(
-                f"could not load pretrained weights for '{name}' from {weights}: "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                f"could not load pretrained weights for '{name}' from {weights}: {load_error(exc)}"
             ) from exc
     tokenizer = open_clip.get_tokenizer(name)
     pp = clip.visual.preprocess_cfg if hasattr(clip.visual, "preprocess_cfg") else {}

@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -135,6 +136,20 @@ class ChainState:
         return out
 
 
+_CHAIN_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def check_chain_id(chain_id: str) -> str:
+    """``chain_id`` if it is one (12 lowercase hex digits, as ``ChainSpec.chain_id`` makes).
+
+    Raises:
+        ClipclError: It is not.
+    """
+    if not isinstance(chain_id, str) or not _CHAIN_ID.fullmatch(chain_id):
+        raise ClipclError(f"'{chain_id}' is not a chain id (chain ids are 12 hex digits)")
+    return chain_id
+
+
 class ChainBusy(ClipclError):
     """Another process holds the chain's lock."""
 
@@ -169,8 +184,13 @@ class RunDir:
 
     @classmethod
     def of(cls, root: str | Path, chain_id: str) -> RunDir:
-        """The run directory of ``chain_id`` under the run root ``root``."""
-        return cls(Path(root) / CHAINS_DIR / chain_id)
+        """The run directory of ``chain_id`` under the run root ``root``.
+
+        Raises:
+            ClipclError: ``chain_id`` is not a chain id (12 hex digits): nothing outside the
+            run root is ever reached through one.
+        """
+        return cls(Path(root) / CHAINS_DIR / check_chain_id(chain_id))
 
     @staticmethod
     def chains_dir(root: str | Path) -> Path:
