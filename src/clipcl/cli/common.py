@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from typing import Any
 
@@ -117,6 +118,13 @@ def main() -> None:
         where = f"{ctx.command_path}: " if ctx is not None else ""
         message = exc.format_message()  # type: ignore[attr-defined]
         _fail(escape(where + " ".join(message.split())))
+    except sqlite3.DatabaseError as exc:  # damaged past what opening the store checks
+        _fail(
+            escape(
+                f"the results store is damaged ({exc}); `clipcl store rebuild --root ROOT` "
+                "rebuilds it from the chain records"
+            )
+        )
     except KeyboardInterrupt:
         err.print("interrupted; finished tasks are kept and a re-run resumes")
         sys.exit(130)

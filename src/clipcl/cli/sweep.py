@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import cast
 
@@ -83,13 +84,22 @@ def plan(
             str(e.seed),
             e.settings_label,
             str(c.num_tasks),
-            c.state.label,
+            c.label,
         )
     out.print(table)
     if len(the_plan.chains) > limit:
         out.print(f"… {len(the_plan.chains) - limit} more chains (--limit)")
     summary = ", ".join(f"{v} {k}" for k, v in the_plan.counts().items())
     out.print(f"{summary}; work left: {the_plan.work_left().describe()}")
+    _say_corrupt(the_plan)
+
+
+def _say_corrupt(the_plan) -> None:
+    """Name each chain whose records cannot be read (it is never dispatched)."""
+    for c in the_plan.corrupt:
+        err.print(
+            f"corrupt (not dispatched): {c.chain_id}: {c.problem}", highlight=False, soft_wrap=True
+        )
 
 
 def _log_line(line: str) -> None:
@@ -125,6 +135,7 @@ def submit(
             sweep.name, str(sweep_file), sweep.model_dump(mode="json"), the_plan.records()
         )
         store.ingest_root(root)
+    _say_corrupt(the_plan)
     options = BackendOptions(jobs, ray_address, root, sweep, str(sweep_file), data_root)
     if backend_class(backend).outlives_submitter:
         _submit_to_scheduler(the_plan, backend, options, follow)
@@ -212,7 +223,7 @@ def _submit_to_scheduler(the_plan, backend: str, options, follow: bool) -> None:
     _exit_if_not_done(the_plan.root, final)
 
 
-def _exit_if_not_done(root: Path, final: dict[str, str]) -> None:
+def _exit_if_not_done(root: Path, final: Mapping[str, str]) -> None:
     """With chains that did not finish: list each with its first error line, exit 1."""
     bad = sorted(c for c, state in final.items() if state != "done")
     if not bad:
@@ -295,9 +306,11 @@ def status(
             store.ingest_root(root)
             reconcile_store(store, root)  # nothing runs a chain the store says is running
             rows = store.chain_progress(name)
+            corrupt = dict(store.corrupt)
+        shown = {r.chain_id: "corrupt" if r.chain_id in corrupt else r.state for r in rows}
         counts: dict[str, int] = {}
         for r in rows:
-            counts[r.state] = counts.get(r.state, 0) + 1
+            counts[shown[r.chain_id]] = counts.get(shown[r.chain_id], 0) + 1
         summary = f"{name or 'all chains'} under {root}: " + ", ".join(
             f"{v} {k}" for k, v in sorted(counts.items())
         )
@@ -313,7 +326,7 @@ def status(
                 r.benchmark,
                 str(r.seed),
                 ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(r.settings.items())) or "-",
-                r.state,
+                shown[r.chain_id],
                 f"{r.tasks_done}/{r.num_tasks}",
                 str(r.attempts),
                 str(r.job_id or ""),
@@ -321,7 +334,9 @@ def status(
         out.print(table)
         if len(rows) > limit:
             out.print(f"… {len(rows) - limit} more chains (--limit)")
-        if not watch or all(r.state in TERMINAL for r in rows):
+        for chain_id in sorted(set(corrupt) & set(shown)):
+            err.print(f"corrupt: {chain_id}: {corrupt[chain_id]}", highlight=False, soft_wrap=True)
+        if not watch or all(shown[r.chain_id] in TERMINAL | {"corrupt"} for r in rows):
             return
         time.sleep(watch)
 

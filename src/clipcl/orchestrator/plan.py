@@ -30,12 +30,20 @@ class PlannedChain:
         state: Its state, judged from its records and what the store remembers of its jobs.
         owner: Who runs it now: ``coordinator pid N`` or ``<backend> job ID`` (``None``: nobody).
         owner_kind: ``coordinator`` or ``scheduler`` (``None``: nobody).
+        problem: Why its records cannot be read (``None``: they can); such a chain is never
+            dispatched until the user moves its directory away.
     """
 
     entry: Any  # ChainEntry
     state: Reconciled
     owner: str | None = None
     owner_kind: str | None = None
+    problem: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The state for tables: ``corrupt`` when its records cannot be read."""
+        return "corrupt" if self.problem else self.state.label
 
     @property
     def chain_id(self) -> str:
@@ -55,8 +63,8 @@ class PlannedChain:
 
     @property
     def to_dispatch(self) -> bool:
-        """Unfinished and owned by nobody."""
-        return not self.finished and self.owner is None
+        """Unfinished, owned by nobody and with readable records."""
+        return not self.finished and self.owner is None and self.problem is None
 
 
 @dataclass(frozen=True)
@@ -104,13 +112,18 @@ class Plan:
 
     def counts(self) -> dict[str, int]:
         """Chains per state word (``done``, ``new``, ``partial``, ``failed``, ...)."""
-        return dict(sorted(Counter(c.state.label.split(" ")[0] for c in self.chains).items()))
+        return dict(sorted(Counter(c.label.split(" ")[0] for c in self.chains).items()))
+
+    @property
+    def corrupt(self) -> list[PlannedChain]:
+        """Chains whose records cannot be read."""
+        return [c for c in self.chains if c.problem]
 
     def work_left(self) -> WorkLeft:
         """Training left in every unfinished chain of a method that trains."""
         tasks = iters = epochs = 0
         for c in self.chains:
-            if c.entry.spec.method_name == "zeroshot":
+            if c.entry.spec.method_name == "zeroshot" or c.problem:
                 continue
             left = c.num_tasks - c.tasks_done
             tasks += left
@@ -211,7 +224,7 @@ def plan(
             owner, kind = f"coordinator pid {coordinators[e.chain_id]}", "coordinator"
         elif row is not None and row.state in ACTIVE and _outlives(row.backend):
             owner, kind = f"{row.backend} job {row.job_id}", "scheduler"
-        chains.append(PlannedChain(e, judged, owner, kind))
+        chains.append(PlannedChain(e, judged, owner, kind, run_dir.problem()))
     return Plan(sweep, str(sweep_file), root, chains)
 
 

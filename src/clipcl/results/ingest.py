@@ -123,10 +123,12 @@ def _put_rows(
     )
 
 
-def ingest_root(conn: sqlite3.Connection, root: Path) -> int:
+def ingest_root(conn: sqlite3.Connection, root: Path, corrupt: dict[str, str] | None = None) -> int:
     """Ingest every chain directory with a ``spec.json`` under ``<root>/chains/``.
 
-    Chains whose records did not change since their last ingestion are skipped.
+    Chains whose records did not change since their last ingestion are skipped. With
+    ``corrupt``, a chain whose records cannot be read is put there (chain id → why) and the
+    others are ingested; without, it raises.
 
     Returns:
         The number of chains (re)ingested.
@@ -142,6 +144,12 @@ def ingest_root(conn: sqlite3.Connection, root: Path) -> int:
             continue
         if run_dir.name in sigs and sigs[run_dir.name] == signature(records):
             continue
-        ingest_chain(conn, run_dir.name, run_dir)
+        try:
+            ingest_chain(conn, run_dir.name, run_dir)
+        except ClipclError as exc:  # one chain's bad records never take the root down
+            if corrupt is None:
+                raise
+            corrupt[run_dir.name] = str(exc)
+            continue
         count += 1
     return count

@@ -150,6 +150,11 @@ def check_chain_id(chain_id: str) -> str:
     return chain_id
 
 
+class CorruptRecords(ClipclError, ValueError):
+    """A chain's records cannot be read (``state.json`` is not a chain state, ``rows.jsonl``
+    holds lines that are not rows); the message names the file."""
+
+
 class ChainBusy(ClipclError):
     """Another process holds the chain's lock."""
 
@@ -270,10 +275,20 @@ class RunDir:
 
     # ----- state -----
     def load_state(self) -> ChainState:
-        """The chain's state (empty when it never ran)."""
+        """The chain's state (empty when it never ran).
+
+        Raises:
+            CorruptRecords: ``state.json`` is not a chain state.
+        """
         if not self.state_path.is_file():
             return ChainState()
-        return ChainState.from_json(json.loads(self.state_path.read_text()))
+        try:
+            return ChainState.from_json(json.loads(self.state_path.read_text()))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise CorruptRecords(
+                f"{self.state_path}: not a chain state ({exc}); move the chain directory "
+                "away to start the chain over"
+            ) from None
 
     def save_state(self, state: ChainState | Mapping[str, Any]) -> None:
         """Replace ``state.json`` atomically (a mapping is checked as ``state.json`` content)."""
@@ -317,19 +332,41 @@ class RunDir:
         append_lines_durably(self.rows_path, [r.to_json() for r in rows])
 
     def read_rows(self) -> list[EvalRow]:
-        """All rows, last write wins per (trained_task, eval_task); a torn last line is skipped."""
+        """All rows, last write wins per (trained_task, eval_task); a torn last line (a crash
+        while appending) is skipped.
+
+        Raises:
+            CorruptRecords: A line before the last is not a row.
+        """
         if not self.rows_path.is_file():
             return []
         latest: dict[tuple[int, int], EvalRow] = {}
         fields = EvalRow.__dataclass_fields__
-        for line in self.rows_path.read_text().splitlines():
+        lines = self.rows_path.read_text(errors="replace").splitlines()
+        for number, line in enumerate(lines, start=1):
             try:
                 d = json.loads(line)
                 row = EvalRow(**{k: d[k] for k in fields})
             except (json.JSONDecodeError, KeyError, TypeError):
-                continue
+                if number == len(lines):
+                    continue
+                raise CorruptRecords(
+                    f"{self.rows_path}: line {number} is not an evaluation row; move the "
+                    "chain directory away to start the chain over"
+                ) from None
             latest[(row.trained_task, row.eval_task)] = row
         return list(latest.values())
+
+    def problem(self) -> str | None:
+        """What is wrong with the chain's records (``None``: nothing)."""
+        try:
+            self.verified_state()
+            self.read_rows()
+        except CorruptRecords as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"{self.path}: {exc.strerror or exc}"
+        return None
 
     def finished_rows(self) -> list[EvalRow]:
         """Rows of the zero-shot pass and of finished tasks only (:meth:`verified_state`)."""

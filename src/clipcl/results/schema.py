@@ -70,17 +70,41 @@ def connect(path: Path) -> sqlite3.Connection:
     Raises:
         ClipclError: If the file was written by a newer clipcl (a higher schema version).
     """
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-    conn.execute("PRAGMA journal_mode = WAL")  # persistent; a no-op once set
-    conn.execute("PRAGMA synchronous = NORMAL")  # WAL stays consistent; rows re-ingest
-    conn.execute("PRAGMA foreign_keys = ON")
     try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise store_error(path, exc) from None
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")  # persistent; a no-op once set
+        conn.execute("PRAGMA synchronous = NORMAL")  # WAL stays consistent; rows re-ingest
+        conn.execute("PRAGMA foreign_keys = ON")
         _migrate(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise store_error(path, exc) from None
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+class StoreDamaged(ClipclError):
+    """The store's file is not a readable SQLite database (garbage, truncated, ...)."""
+
+
+def store_error(path: Path, exc: sqlite3.Error) -> ClipclError:
+    """One line for a failed store operation: damaged (rebuild it) or not writable."""
+    text = str(exc)
+    if "readonly" in text or "unable to open" in text or "disk I/O" in text:
+        return ClipclError(
+            f"cannot write the results store {path} ({text}): the run root must be writable"
+        )
+    return StoreDamaged(
+        f"{path} is damaged ({text}); it holds nothing the chain records do not: "
+        f"`clipcl store rebuild --root {path.parent}` rebuilds it from them (add `--sweep "
+        "FILE` for each sweep to name its chains again; the damaged file is kept beside it)"
+    )
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

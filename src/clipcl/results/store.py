@@ -97,6 +97,7 @@ class ResultsStore:
             raise ClipclError(f"cannot create the run root {self.root}: {exc}") from None
         self.path = self.root / DB_NAME
         self._conn = connect(self.path)
+        self.corrupt: dict[str, str] = {}  # chain id → why its records cannot be read
 
     def close(self) -> None:
         """Close the connection."""
@@ -212,9 +213,12 @@ class ResultsStore:
             root: The run root; defaults to the store's own root.
 
         Returns:
-            The number of chains (re)ingested.
+            The number of chains (re)ingested. Chains whose records cannot be read are left
+            out and named in :attr:`corrupt` (chain id → why).
         """
-        return ingest.ingest_root(self._conn, Path(root if root is not None else self.root))
+        return ingest.ingest_root(
+            self._conn, Path(root if root is not None else self.root), self.corrupt
+        )
 
     # ----- queries -----
     def chain(self, chain_id: str) -> ChainDetail | None:
@@ -348,3 +352,23 @@ class ResultsStore:
             ClipclError: If ``sweep`` is given and unknown.
         """
         return eval_rows_frame(self._conn, self.path, sweep)
+
+
+def rebuild_store(root: Path) -> tuple[Path | None, ResultsStore]:
+    """Move ``root``'s store aside (with its WAL files) and open a new, empty one.
+
+    Returns:
+        (where the old file was kept, or None if there was none; the new store, to be
+        filled with :meth:`ResultsStore.ingest_root` and ``record_sweep``).
+    """
+    root = Path(root)
+    path = root / DB_NAME
+    kept: Path | None = None
+    if path.exists():
+        kept = path.with_name(f"{DB_NAME}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        path.rename(kept)
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(DB_NAME + suffix)
+            if side.exists():
+                side.rename(kept.with_name(kept.name + suffix))
+    return kept, ResultsStore(root)

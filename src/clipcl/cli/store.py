@@ -1,0 +1,46 @@
+"""``clipcl store rebuild``: a new results store from the chains' durable records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from clipcl.cli.common import app, out
+
+store_app = typer.Typer(no_args_is_help=True, help="The results store of a run root.")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("rebuild")
+def rebuild(
+    root: Path = typer.Option(..., "--root", help="Run root whose store to rebuild."),
+    sweep: list[Path] = typer.Option(
+        [], "--sweep", help="A sweep file to record again (repeatable): names its chains."
+    ),
+) -> None:
+    """Rebuild ROOT/clipcl.sqlite from the chain records (the old file is kept beside it)."""
+    from clipcl.orchestrator.plan import load_entries, plan
+    from clipcl.results.store import rebuild_store
+
+    for path in sweep:
+        load_entries(path, root)  # a bad sweep file fails before anything moves
+    kept, store = rebuild_store(root)
+    plans = [plan(path, root) for path in sweep]
+    with store:
+        for the_plan in plans:
+            sw = the_plan.sweep
+            store.record_sweep(
+                sw.name, the_plan.source, sw.model_dump(mode="json"), the_plan.records()
+            )
+        chains = store.ingest_root(root)
+        corrupt = dict(store.corrupt)
+    if kept is not None:
+        out.print(f"kept the old store as {kept}", highlight=False)
+    out.print(
+        f"rebuilt {root / 'clipcl.sqlite'} from {chains} chains' records"
+        + (f" and {len(plans)} sweep files" if plans else ""),
+        highlight=False,
+    )
+    for chain_id, why in sorted(corrupt.items()):
+        out.print(f"  corrupt, left out: {chain_id}: {why}", highlight=False, soft_wrap=True)
