@@ -132,3 +132,15 @@ def test_submit_follow_exits_nonzero_naming_failed_chains_and_status_of_unknown_
     unknown = clipcl_inprocess("status", "no-such-sweep", "--root", root)
     assert unknown.returncode == 2 and "unknown sweep" in unknown.stderr, unknown.stderr
     assert "smoke4" in unknown.stderr  # the sweeps it knows
+
+
+def test_results_with_no_finished_chain_is_an_error_not_an_empty_table(tmp_path: Path) -> None:
+    spec = tiny_spec(iterations=2)
+    run = RunDir.of(tmp_path, spec.chain_id)
+    run_chain(spec, run.path, until_task=1)
+    with ResultsStore(tmp_path) as store:
+        _record(store, run)
+        store.ingest_root(tmp_path)
+    res = clipcl_inprocess("results", "s", "--root", tmp_path)
+    assert res.returncode == 2 and res.stdout == "", res.stdout
+    assert "no finished chain in sweep 's'" in res.stderr

@@ -361,7 +361,13 @@ def results(
     if matrix is not None:
         print(matrix_table(df, matrix))
         return
-    print(render(summarize(df, per_dataset=per_dataset), fmt))
+    table = summarize(df, per_dataset=per_dataset)
+    if table.empty:
+        raise ClipclError(
+            f"no finished chain in sweep '{name}' under {root} yet ({df['chain_id'].nunique()} "
+            "chains have rows; `clipcl status` shows how far each is)"
+        )
+    print(render(table, fmt))
 
 
 @app.command()
