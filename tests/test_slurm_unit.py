@@ -338,12 +338,19 @@ def test_one_watcher_asks_sacct_once_for_every_handle_and_backs_off(tmp_path):
     assert len(calls) == 2  # base interval 0: one query per state() call, never one per job
     assert sorted(calls[0][calls[0].index("-j") + 1].split(",")) == ["10_0", "11", "12"]
     # every task finished on disk: done, whatever the job says; a failed job after 1/2 tasks
+    from clipcl.results.records import EvalRow
+
+    def rows(run, pairs):  # a finished task counts with its rows
+        run.append_rows([EvalRow(run.path.name, k, "t", i, "t", 1, 2) for k, i in pairs])
+
     done = RunDir(tmp_path / "a")
     done.path.mkdir()
+    rows(done, [(0, 0), (1, 0), (1, 1)])
     done.save_state({"completed": {"0": {}, "1": {}}})
     answers.update({"11": "COMPLETED", "12": "FAILED"})
     rb = RunDir(tmp_path / "b")
     rb.path.mkdir()
+    rows(rb, [(0, 0)])
     state = rb.load_state()
     state.completed[0] = TaskRecord()
     rb.save_state(state)

@@ -89,9 +89,19 @@ def test_run_dir_state_round_trip(tmp_path: Path) -> None:
     again.completed[1] = TaskRecord()
     again.completed[2] = TaskRecord()
     run.save_state(again)
-    assert run.load_state().finished and run.tasks_done() == 3
+    assert run.load_state().finished and run.tasks_done() == 0  # no rows: nothing verified
+    _rows(run, 3)
+    assert run.tasks_done() == 3
     run.state_path.write_text("[]")  # not a chain state
     assert run.tasks_done() == 0
+
+
+def _rows(run: RunDir, tasks: int) -> None:
+    """The evaluation rows of tasks 0..tasks-1 (eval tasks 0..k each): they make them count."""
+    from clipcl.results.records import EvalRow
+
+    pairs = [(k, i) for k in range(tasks) for i in range(k + 1)]
+    run.append_rows([EvalRow(run.path.name, k, "t", i, "t", 1, 2) for k, i in pairs])
 
 
 def test_lock_is_exclusive_and_reentrant(tmp_path: Path) -> None:
@@ -144,6 +154,7 @@ def test_plan_from_records_and_owners(tmp_path: Path) -> None:
         state = run.load_state()
         state.completed = {k: TaskRecord() for k in range(finished)}
         run.save_state(state)
+        _rows(run, finished)
     marker = write_marker(tmp_path, first.name, [owned.chain_id])
     try:
         again = plan(SWEEP, tmp_path)
