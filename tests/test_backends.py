@@ -129,12 +129,19 @@ def test_worker_entry_exit_codes_for_bad_input_and_bugs(tmp_path: Path) -> None:
     assert len(invalid.stderr.strip().splitlines()) == 1
     assert "unknown key 'bogus'" in invalid.stderr
 
-    # A corrupt state.json is not the user's input error: a traceback and exit code 1.
+    # A corrupt state.json is one line naming the file (issue 14: the chain is "corrupt").
     broken = prepare_job(smoke_spec(), tmp_path / "broken").run_dir
     (broken / "state.json").write_text("{not json")
-    bug = subprocess.run([*WORKER, "--run-dir", str(broken)], capture_output=True, text=True)
+    corrupt = subprocess.run([*WORKER, "--run-dir", str(broken)], capture_output=True, text=True)
+    assert corrupt.returncode == 2 and "Traceback" not in corrupt.stderr
+    assert "state.json: not a chain state" in corrupt.stderr
+
+    # Anything else that goes wrong (here: the checkpoint folder is a file) is a traceback, exit 1.
+    odd = prepare_job(smoke_spec(iterations=2), tmp_path / "odd").run_dir
+    (odd / "ckpt").write_text("a file where the checkpoint folder goes")
+    bug = subprocess.run([*WORKER, "--run-dir", str(odd)], capture_output=True, text=True)
     assert bug.returncode == 1
-    assert "Traceback" in bug.stderr and "JSONDecodeError" in bug.stderr
+    assert "Traceback" in bug.stderr and "Error" in bug.stderr
 
 
 # ----- LocalBackend -----
