@@ -270,13 +270,15 @@ MTIL_EXPECTED = {"transfer": 27.5, "avg": 570 / 9, "last": 80.0}
 # row means over i <= t: 90, (80+70)/2 = 75, (60+75+85)/3 = 220/3 = 73.333...
 # avg        = (90 + 75 + 220/3) / 3 = (270 + 225 + 220) / 9 = 715 / 9 = 79.444...
 # last       = 220 / 3 = 73.333...
-# forgetting = mean(max(90, 80) - 60, max(70) - 75) = mean(30, -5) = 12.5
+# forgetting_chaudhry = mean(max(90, 80) - 60, max(70) - 75) = mean(30, -5) = 12.5
+# forgetting (seeds)  = mean(max(90, 80, 60) - 60, max(70, 75) - 75) = mean(30, 0) = 15
 # bwt        = mean(60 - 90, 75 - 70) = mean(-30, 5) = -12.5
 CIL_CSV = "90,,\n80,70,\n60,75,85\n"
 CIL_EXPECTED = {
     "avg": 715 / 9,
     "last": 220 / 3,
-    "forgetting": 12.5,
+    "forgetting": 15.0,
+    "forgetting_chaudhry": 12.5,
     "bwt": -12.5,
     "acc_per_step": [90.0, 75.0, 220 / 3],
 }
@@ -298,6 +300,15 @@ def test_score_json_hand_computed(
     got = json.loads(proc.stdout)
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_score_cil_table_shows_both_forgetting_conventions(tmp_path: Path) -> None:
+    path = tmp_path / "acc.csv"
+    path.write_text(CIL_CSV, encoding="utf-8")
+    proc = _clipcl("score", "--protocol", "cil", path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Forgetting (Chaudhry)" in proc.stdout and "12.5" in proc.stdout
+    assert "15.0" in proc.stdout and "the last included" in proc.stdout
 
 
 def _mtil_by_hand(matrix: list[list[float]]) -> dict[str, float]:

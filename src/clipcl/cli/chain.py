@@ -34,7 +34,8 @@ def score(
     protocol: str = typer.Option(..., "--protocol", help="mtil (task-incremental) or cil."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
-    """Score an accuracy matrix (MTIL: Transfer/Avg/Last; CIL: Avg/Last/Forgetting/BWT)."""
+    """Score an accuracy matrix (MTIL: Transfer/Avg/Last; CIL: Avg/Last/Forgetting/BWT, with
+    Forgetting both in the seeds' convention and Chaudhry et al.'s)."""
     from clipcl.results.matrix_io import load_matrix
     from clipcl.results.metrics import cil_metrics, mtil_metrics
 

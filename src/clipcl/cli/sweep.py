@@ -306,6 +306,12 @@ def results(
     fmt: str = typer.Option("table", "--format", help="table, md, latex, csv or json."),
     per_dataset: bool = typer.Option(False, "--per-dataset", help="Per-dataset columns (MTIL)."),
     matrix: str | None = typer.Option(None, "--matrix", help="Print one chain's matrix instead."),
+    chaudhry: bool = typer.Option(
+        False,
+        "--chaudhry",
+        help="CIL: also a Forgetting (Chaudhry et al. 2018) column; Forgetting is the seeds' "
+        "convention (csv/json hold both).",
+    ),
 ) -> None:
     """The paper table: one row per (method, benchmark, settings), mean ± std over seeds."""
     from clipcl.results import load_results
@@ -319,7 +325,7 @@ def results(
     if matrix is not None:
         print(matrix_table(df, matrix))
         return
-    print(render(summarize(df, per_dataset=per_dataset), fmt))
+    print(render(summarize(df, per_dataset=per_dataset), fmt, chaudhry=chaudhry))
 
 
 @app.command()
