@@ -228,6 +228,30 @@ SCORE_CASES = {
         "ok.csv", "1,2\n3,4\n", "mtl", ("--protocol", "mtl", "did you mean 'mtil'")
     ),
     "protocol-missing": ScoreCase("ok.csv", "1,2\n3,4\n", None, ("--protocol",)),
+    # --- issue 14 ---
+    "json-unknown-key": ScoreCase(
+        "w.json",
+        '{"matrix": [[90, null], [80, 70]], "weights": [1, 3]}',
+        "cil",
+        ("w.json", "'weights'", "matrix, tasks, counts"),
+    ),
+    "above-100": ScoreCase(
+        "big.csv", "90,\n80,150\n", "cil", ("big.csv", "150", "row 2, column 2", "[0, 100]")
+    ),
+    "negative": ScoreCase("neg.csv", "90,-1\n80,70\n", "mtil", ("neg.csv", "-1", "[0, 100]")),
+    "fractions": ScoreCase("frac.csv", "0.9,\n0.8,0.7\n", "cil", ("frac.csv", "--fraction")),
+    "inf-first-row": ScoreCase(
+        "inf.csv", "inf,2\n3,4\n", "mtil", ("inf.csv", "line 1, column 1", "infinite")
+    ),
+    "semicolons": ScoreCase(
+        "semi.csv", "90;20\n80;70\n", "mtil", ("semi.csv", "semicolon-delimited", "','")
+    ),
+    "counts-with-mtil": ScoreCase(
+        "c.json",
+        '{"matrix": [[90, 20], [80, 70]], "counts": [10, 10]}',
+        "mtil",
+        ("c.json", "'counts'", "--protocol cil"),
+    ),
 }
 
 
@@ -270,13 +294,15 @@ MTIL_EXPECTED = {"transfer": 27.5, "avg": 570 / 9, "last": 80.0}
 # row means over i <= t: 90, (80+70)/2 = 75, (60+75+85)/3 = 220/3 = 73.333...
 # avg        = (90 + 75 + 220/3) / 3 = (270 + 225 + 220) / 9 = 715 / 9 = 79.444...
 # last       = 220 / 3 = 73.333...
-# forgetting = mean(max(90, 80) - 60, max(70) - 75) = mean(30, -5) = 12.5
+# forgetting_chaudhry = mean(max(90, 80) - 60, max(70) - 75) = mean(30, -5) = 12.5
+# forgetting (seeds)  = mean(max(90, 80, 60) - 60, max(70, 75) - 75) = mean(30, 0) = 15
 # bwt        = mean(60 - 90, 75 - 70) = mean(-30, 5) = -12.5
 CIL_CSV = "90,,\n80,70,\n60,75,85\n"
 CIL_EXPECTED = {
     "avg": 715 / 9,
     "last": 220 / 3,
-    "forgetting": 12.5,
+    "forgetting": 15.0,
+    "forgetting_chaudhry": 12.5,
     "bwt": -12.5,
     "acc_per_step": [90.0, 75.0, 220 / 3],
 }
@@ -298,6 +324,32 @@ def test_score_json_hand_computed(
     got = json.loads(proc.stdout)
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_score_fraction_flag_multiplies_by_100(tmp_path: Path) -> None:
+    path = tmp_path / "frac.csv"
+    path.write_text("0.9,,\n0.8,0.7,\n0.6,0.75,0.85\n", encoding="utf-8")
+    proc = _clipcl("score", "--protocol", "cil", path, "--fraction", "--json")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    for key, value in CIL_EXPECTED.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+    again = _clipcl("score", "--protocol", "mtil", tmp_path / "frac.csv", "--fraction")
+    assert again.returncode == 2 and "NaN" in again.stderr  # MTIL still needs every entry
+    path.write_text("0.9,20\n0.8,0.7\n", encoding="utf-8")  # percent: --fraction is wrong
+    _assert_user_error(
+        _clipcl("score", "--protocol", "mtil", path, "--fraction"),
+        ["frac.csv", "2000", "[0, 100]"],
+    )
+
+
+def test_score_cil_table_shows_both_forgetting_conventions(tmp_path: Path) -> None:
+    path = tmp_path / "acc.csv"
+    path.write_text(CIL_CSV, encoding="utf-8")
+    proc = _clipcl("score", "--protocol", "cil", path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Forgetting (Chaudhry)" in proc.stdout and "12.5" in proc.stdout
+    assert "15.0" in proc.stdout and "the last included" in proc.stdout
 
 
 def _mtil_by_hand(matrix: list[list[float]]) -> dict[str, float]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from clipcl.errors import ClipclError
-from clipcl.results.matrix_io import load_matrix
+from clipcl.results.matrix_io import load_matrix, percent_matrix
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -216,3 +216,49 @@ def test_error_message_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ClipclError) as info:
         load_matrix(_write(tmp_path, "m.csv", "1,2\n3\n"))
     assert "\n" not in str(info.value)
+
+
+# --- issue 14 ---
+
+
+def test_json_unknown_key_is_an_error(tmp_path: Path) -> None:
+    data = {"matrix": [[90, None], [80, 70]], "weights": [1, 3]}
+    with pytest.raises(ClipclError, match=r"m\.json: unknown key 'weights'.*matrix, tasks, counts"):
+        load_matrix(_write(tmp_path, "m.json", json.dumps(data)))
+
+
+def test_json_chain_run_payload_loads(tmp_path: Path) -> None:
+    # what `clipcl chain run --json` prints: its metadata keys are known and ignored
+    data = {"chain_id": "c", "protocol": "til", "tasks": ["a"], "matrix": [[5]], "metrics": {}}
+    assert load_matrix(_write(tmp_path, "m.json", json.dumps(data))).matrix.tolist() == [[5.0]]
+
+
+def test_csv_inf_in_first_row_is_a_number(tmp_path: Path) -> None:
+    for text in ("inf,2\n3,4\n", "1,-Infinity\n3,4\n"):
+        with pytest.raises(ClipclError, match=r"infinite value .* at line 1, column \d"):
+            load_matrix(_write(tmp_path, "m.csv", text))
+
+
+def test_csv_semicolon_delimited_is_named(tmp_path: Path) -> None:
+    for text in ("90;20\n80;70\n", "A;B\n90;20\n80;70\n", "90,5;20,1\n80,2;70,3\n"):
+        with pytest.raises(ClipclError, match=r"m\.csv: .*semicolon-delimited.*expected ','"):
+            load_matrix(_write(tmp_path, "m.csv", text))
+
+
+def test_percent_matrix_range(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    nan = math.nan
+    ok = np.array([[90.0, nan], [0.0, 100.0]])
+    np.testing.assert_array_equal(percent_matrix(path, ok, fraction=False), ok)
+    with pytest.raises(
+        ClipclError, match=r"m\.csv: accuracy 100\.5 at row 2, column 1 .*\[0, 100\]"
+    ):
+        percent_matrix(path, np.array([[90.0, nan], [100.5, 3.0]]), fraction=False)
+    with pytest.raises(ClipclError, match=r"m\.csv: accuracy -0\.5 at row 1, column 1"):
+        percent_matrix(path, np.array([[-0.5]]), fraction=False)
+    with pytest.raises(ClipclError, match=r"m\.csv: every accuracy is in \[0, 1\].*--fraction"):
+        percent_matrix(path, np.array([[0.9, nan], [0.5, 1.0]]), fraction=False)
+    got = percent_matrix(path, np.array([[0.9, nan], [0.5, 1.0]]), fraction=True)
+    np.testing.assert_allclose(got, [[90.0, nan], [50.0, 100.0]])
+    with pytest.raises(ClipclError, match=r"accuracy 300 at row 1, column 1.*--fraction"):
+        percent_matrix(path, np.array([[3.0]]), fraction=True)

@@ -140,6 +140,7 @@ def test_cil_hand_computed_equal_weights() -> None:
     assert got.avg == pytest.approx((90.0 + 87.5 + 220 / 3) / 3)
     assert got.last == pytest.approx(220 / 3)
     assert got.forgetting == pytest.approx(20.0)
+    assert got.forgetting_chaudhry == pytest.approx(20.0)  # no task ends above its best
     assert got.bwt == pytest.approx(-17.5)
     assert all(type(v) is float for v in (got.avg, got.last, got.forgetting, got.bwt))
 
@@ -163,22 +164,55 @@ def test_cil_ignores_upper_triangle_values() -> None:
 
 def test_cil_forgetting_max_excludes_final_row() -> None:
     # Accuracy on task 1 rises at the end: best earlier (rows 1..T-1) is 50, final 70 -> -20.
+    # (Issue 14: this is Chaudhry et al.'s convention, now reported as forgetting_chaudhry.)
     got = cil_metrics([[50.0, NAN], [70.0, 60.0]])
-    assert got.forgetting == pytest.approx(-20.0)
+    assert got.forgetting_chaudhry == pytest.approx(-20.0)
     assert got.bwt == pytest.approx(20.0)
+
+
+def test_cil_forgetting_seeds_convention_takes_the_max_over_every_row() -> None:
+    # The seeds' convention (NSP², PGP, Mammoth, PyCIL): best over rows i..T, the last included.
+    # Task 1: max(50, 70) - 70 = 0 (Chaudhry: 50 - 70 = -20).
+    got = cil_metrics([[50.0, NAN], [70.0, 60.0]])
+    assert got.forgetting == 0.0
+    # 4 tasks: task 1 ends above its earlier best, task 2 drops, task 3 ends at its best.
+    #   task 1: rows 90, 80, 70, 95 -> seeds max(90..95) - 95 = 0;  Chaudhry 90 - 95 = -5
+    #   task 2: rows 85, 60, 50     -> seeds 85 - 50 = 35;           Chaudhry 35
+    #   task 3: rows 70, 72         -> seeds 72 - 72 = 0;            Chaudhry 70 - 72 = -2
+    matrix = [
+        [90.0, NAN, NAN, NAN],
+        [80.0, 85.0, NAN, NAN],
+        [70.0, 60.0, 70.0, NAN],
+        [95.0, 50.0, 72.0, 88.0],
+    ]
+    got = cil_metrics(matrix)
+    assert got.forgetting == pytest.approx(35 / 3)
+    assert got.forgetting_chaudhry == pytest.approx(28 / 3)
+    assert type(got.forgetting_chaudhry) is float
+    d = got.to_dict()
+    assert d["forgetting"] == pytest.approx(35 / 3)
+    assert d["forgetting_chaudhry"] == pytest.approx(28 / 3)
 
 
 def test_cil_single_task() -> None:
     got = cil_metrics([[88.0]])
     assert got.avg == 88.0 and got.last == 88.0
     assert math.isnan(got.forgetting) and math.isnan(got.bwt)
+    assert math.isnan(got.forgetting_chaudhry)
     d = got.to_dict()
-    assert d == {"avg": 88.0, "last": 88.0, "forgetting": None, "bwt": None, "acc_per_step": [88.0]}
+    assert d == {
+        "avg": 88.0,
+        "last": 88.0,
+        "forgetting": None,
+        "forgetting_chaudhry": None,
+        "bwt": None,
+        "acc_per_step": [88.0],
+    }
 
 
 def test_cil_to_dict() -> None:
     d = cil_metrics(CIL_3).to_dict()
-    assert set(d) == {"avg", "last", "forgetting", "bwt", "acc_per_step"}
+    assert set(d) == {"avg", "last", "forgetting", "forgetting_chaudhry", "bwt", "acc_per_step"}
     assert d["acc_per_step"] == pytest.approx([90.0, 87.5, 220 / 3])
     json.dumps(d)
 

@@ -72,3 +72,20 @@ def test_cifar10_loads_five_training_batches_in_order(tmp_path):
     check = get_dataset("CIFAR10").check(tmp_path)
     assert check.status == "missing"
     assert check.missing == [str(tmp_path / "cifar-10-batches-py" / "data_batch_3")]
+
+
+def test_cifar_pickles_with_bytes_keys_load(tmp_path):
+    # Pickles loaded with encoding="bytes" and saved again from Python 3 (bytes keys and names)
+    from tests.real.fixtures import write_cifar10
+
+    write_cifar100(tmp_path, n_train=6, n_test=4, bytes_keys=True)
+    cifar100 = get_dataset("CIFAR100")
+    assert cifar100.check(tmp_path).status == "present"
+    splits = cifar100.load(tmp_path)
+    assert splits.class_names[3] == "class 03" and splits.test[1][1] == 51
+    plain = get_dataset("CIFAR100").load(write_cifar100(tmp_path / "str").parent)
+    assert np.array_equal(splits.train[2][0].numpy(), plain.train[2][0].numpy())
+    write_cifar10(tmp_path, per_batch=3, n_test=4, bytes_keys=True)
+    assert get_dataset("CIFAR10").check(tmp_path).status == "present"
+    splits = get_dataset("CIFAR10").load(tmp_path)
+    assert splits.class_names[1] == "automobile" and [splits.train[i][1] for i in (0, 14)] == [1, 7]

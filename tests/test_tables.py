@@ -105,6 +105,41 @@ def test_cil_hand_computed() -> None:
     assert "transfer_mean" not in summarize(df).columns
 
 
+# Task d0 ends above its earlier best (90, 92, 96); task d1 drops 85 -> 50.
+CIL_RISE = [[90, None, None], [92, 85, None], [96, 50, 80]]
+
+
+def test_cil_forgetting_both_conventions() -> None:
+    df = frame(chain_rows("r0", CIL_RISE, protocol="cil", benchmark="split"))
+    row = summarize(df).iloc[0]
+    # seeds: max(90, 92, 96) - 96 = 0 and 85 - 50 = 35; Chaudhry: max(90, 92) - 96 = -4, 35
+    assert row["forgetting_mean"] == pytest.approx((0 + 35) / 2)
+    assert row["forgetting_chaudhry_mean"] == pytest.approx((-4 + 35) / 2)
+    assert row["bwt_mean"] == pytest.approx((6 - 35) / 2)
+    text = matrix_table(df, "r0")
+    assert "Forgetting 17.5" in text and "Forgetting (Chaudhry) 15.5" in text
+
+
+def test_render_states_the_forgetting_convention() -> None:
+    summary = summarize(frame(chain_rows("r0", CIL_RISE, protocol="cil", benchmark="split")))
+    for fmt in ("table", "md", "latex"):
+        text = render(summary, fmt)
+        header = next(line for line in text.splitlines() if "method" in line)
+        assert "Forgetting" in header and "Chaudhry" not in header, fmt  # the default column
+        assert "the last included" in text and "Chaudhry et al. 2018" in text, fmt
+        assert "17.5" in text and "15.5" not in text, fmt
+        both = render(summary, fmt, chaudhry=True)
+        header = next(line for line in both.splitlines() if "method" in line)
+        assert "Forgetting (Chaudhry)" in header and "15.5" in both, fmt
+    assert render(summary, "latex").endswith("\\end{tabular}\n")
+    back = pd.read_csv(io.StringIO(render(summary, "csv")))
+    assert back["forgetting_chaudhry_mean"].iloc[0] == pytest.approx(15.5)
+    records = json.loads(render(summary, "json"))
+    assert records[0]["forgetting_mean"] == pytest.approx(17.5)
+    # a table without CIL columns carries no note
+    assert "Chaudhry" not in render(summarize(two_seeds()), "table")
+
+
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 8])
 def test_vectorised_metrics_equal_the_definitions(size: int) -> None:
     rng = np.random.default_rng(size)
@@ -124,7 +159,8 @@ def test_vectorised_metrics_equal_the_definitions(size: int) -> None:
         acc, counts, _ = mats[f"c{k}"]
         cil = bool(k % 2)
         want = (cil_metrics(acc, counts=list(counts)) if cil else mtil_metrics(acc)).to_dict()
-        for metric in ("avg", "last") + (("forgetting", "bwt") if cil else ("transfer",)):
+        cil_keys = ("forgetting", "forgetting_chaudhry", "bwt")
+        for metric in ("avg", "last") + (cil_keys if cil else ("transfer",)):
             expected = math.nan if want[metric] is None else want[metric]
             got = summary.loc[k, f"{metric}_mean"]
             assert got == pytest.approx(expected, nan_ok=True, rel=1e-12), (k, metric)

@@ -58,6 +58,53 @@ def test_new_knobs_at_defaults_keep_chain_ids() -> None:
     assert sgd.chain_id != spec.chain_id
 
 
+# tiny_spec(method).chain_id before issue 14 added NSP²'s stats_dtype and the first task's
+# weight decay (PGP's init_weight_decay).
+_IDS_BEFORE_ISSUE_14 = {
+    "dmnsp": "7788462fea49",
+    "finetune": "f77453f6add3",
+    "gpm": "221b3604d435",
+    "icarl": "b49e6b3ebdd0",
+    "joint": "e6f73e22d132",
+    "l2": "a32d8670bfc2",
+    "lora": "216a0fa86703",
+    "lwf": "7904dbe481eb",
+    "nsp2": "265fc4b7105d",
+    "pgp": "fb3ba47e4409",
+    "we": "14011dc62283",
+    "wise-ft": "8f787593cfc7",
+    "zeroshot": "a8a506cc29b9",
+    "zscl": "55dc7e05355f",
+}
+
+
+def test_issue_14_knobs_keep_existing_chain_ids() -> None:
+    for method, chain_id in _IDS_BEFORE_ISSUE_14.items():
+        if method not in ("nsp2", "pgp"):
+            assert tiny_spec(method).chain_id == chain_id, method
+    # Every earlier nsp2 chain computed its statistics in fp64: that setting keeps their id,
+    # the fp32 default (the authors') is a different computation with its own id.
+    assert tiny_spec("nsp2", stats_dtype="float64").chain_id == _IDS_BEFORE_ISSUE_14["nsp2"]
+    assert tiny_spec("nsp2").chain_id != _IDS_BEFORE_ISSUE_14["nsp2"]
+    # PGP's task-0 weight decay 5e-4 is new; without it (None = weight_decay) the old id.
+    train = {"iterations": 8, "batch_size": 32, "warmup_steps": 2}
+    data = {"model": {"arch": "tiny"}, "benchmark": "smoke", "method": {"name": "pgp"}}
+    pgp = ChainSpec.build({**data, "train": train})
+    assert pgp.train.weight_decay_first_task == 5e-4 and pgp.train.weight_decay == 2e-4
+    assert pgp.chain_id != _IDS_BEFORE_ISSUE_14["pgp"]
+    old = ChainSpec.build({**data, "train": {**train, "weight_decay_first_task": None}})
+    assert old.chain_id == _IDS_BEFORE_ISSUE_14["pgp"]
+
+
+def test_first_task_weight_decay() -> None:
+    cfg = TrainConfig(weight_decay=2e-4, weight_decay_first_task=5e-4)
+    assert cfg.weight_decay_for(0) == 5e-4 and cfg.weight_decay_for(1) == 2e-4
+    assert TrainConfig(weight_decay=1e-3).weight_decay_for(0) == 1e-3  # None = weight_decay
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    sgd = make_optimizer(p, TrainConfig(optimizer="sgd", weight_decay=2e-4), 0.1, 5e-4)
+    assert sgd.param_groups[0]["weight_decay"] == 5e-4
+
+
 class _ConstantClassifier(Method):
     """A method whose classifier is a fixed, learnable-free matrix (records its calls)."""
 

@@ -23,13 +23,32 @@ def write_jpeg(path: Path, seed: int, size: tuple[int, int] = (40, 30)) -> Path:
     return path
 
 
-def write_cifar100(root: Path, n_train: int = 6, n_test: int = 4) -> Path:
+def _as_bytes(value: object) -> object:
+    """Strings (and lists of them) as bytes, the way a Python 3 ``encoding="bytes"`` load
+    leaves them."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        return [v.encode() for v in value]
+    return value
+
+
+def _dump(path: Path, batch: dict[str, object], bytes_keys: bool) -> None:
+    """Pickle ``batch``; ``bytes_keys``: keys and string values as bytes (a CIFAR pickle loaded
+    with ``encoding="bytes"`` and saved again from Python 3)."""
+    if bytes_keys:
+        batch = {k.encode(): _as_bytes(v) for k, v in batch.items()}
+    with open(path, "wb") as fh:
+        pickle.dump(batch, fh)
+
+
+def write_cifar100(root: Path, n_train: int = 6, n_test: int = 4, bytes_keys: bool = False) -> Path:
     """``root/cifar-100-python/{meta,train,test}`` with labels i % 100 and 100 class names."""
     d = root / "cifar-100-python"
     d.mkdir(parents=True, exist_ok=True)
     names = [f"class_{i:02d}" for i in range(100)]
-    with open(d / "meta", "wb") as fh:
-        pickle.dump({"fine_label_names": names, "coarse_label_names": ["c"] * 20}, fh)
+    meta = {"fine_label_names": names, "coarse_label_names": ["c"] * 20}
+    _dump(d / "meta", meta, bytes_keys)
     for part, n, off in (("train", n_train, 0), ("test", n_test, 50)):
         rng = np.random.default_rng(off)
         batch = {
@@ -37,12 +56,13 @@ def write_cifar100(root: Path, n_train: int = 6, n_test: int = 4) -> Path:
             "fine_labels": [(i + off) % 100 for i in range(n)],
             "coarse_labels": [0] * n,
         }
-        with open(d / part, "wb") as fh:
-            pickle.dump(batch, fh)
+        _dump(d / part, batch, bytes_keys)
     return d
 
 
-def write_cifar10(root: Path, per_batch: int = 3, n_test: int = 4) -> Path:
+def write_cifar10(
+    root: Path, per_batch: int = 3, n_test: int = 4, bytes_keys: bool = False
+) -> Path:
     """``root/cifar-10-batches-py`` with batches.meta, data_batch_1..5 and test_batch."""
     d = root / "cifar-10-batches-py"
     d.mkdir(parents=True, exist_ok=True)
@@ -58,8 +78,7 @@ def write_cifar10(root: Path, per_batch: int = 3, n_test: int = 4) -> Path:
         "ship",
         "truck",
     ]
-    with open(d / "batches.meta", "wb") as fh:
-        pickle.dump({"label_names": names, "num_cases_per_batch": per_batch}, fh)
+    _dump(d / "batches.meta", {"label_names": names, "num_cases_per_batch": per_batch}, bytes_keys)
     parts = [(f"data_batch_{i}", per_batch, i) for i in range(1, 6)] + [("test_batch", n_test, 9)]
     for name, n, off in parts:
         rng = np.random.default_rng(off)
@@ -67,6 +86,5 @@ def write_cifar10(root: Path, per_batch: int = 3, n_test: int = 4) -> Path:
             "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
             "labels": [(i + off) % 10 for i in range(n)],
         }
-        with open(d / name, "wb") as fh:
-            pickle.dump(batch, fh)
+        _dump(d / name, batch, bytes_keys)
     return d

@@ -33,9 +33,13 @@ def score(
     ),
     protocol: str = typer.Option(..., "--protocol", help="mtil (task-incremental) or cil."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    fraction: bool = typer.Option(
+        False, "--fraction", help="The file holds fractions in [0, 1]: multiply by 100."
+    ),
 ) -> None:
-    """Score an accuracy matrix (MTIL: Transfer/Avg/Last; CIL: Avg/Last/Forgetting/BWT)."""
-    from clipcl.results.matrix_io import load_matrix
+    """Score an accuracy matrix (MTIL: Transfer/Avg/Last; CIL: Avg/Last/Forgetting/BWT, with
+    Forgetting both in the seeds' convention and Chaudhry et al.'s)."""
+    from clipcl.results.matrix_io import load_matrix, percent_matrix
     from clipcl.results.metrics import cil_metrics, mtil_metrics
 
     protocol = protocol.lower()
@@ -44,6 +48,12 @@ def score(
             f"--protocol '{protocol}'{did_you_mean(protocol, ['mtil', 'cil'])}: allowed: mtil, cil"
         )
     loaded = load_matrix(file)
+    if protocol == "mtil" and loaded.counts is not None:
+        raise ClipclError(
+            f"{file}: 'counts' weights the class-incremental accuracy and applies to "
+            "--protocol cil only (MTIL metrics are plain means); remove it or use --protocol cil"
+        )
+    loaded.matrix = percent_matrix(file, loaded.matrix, fraction)
     if protocol == "mtil":
         metrics = mtil_metrics(loaded.matrix).to_dict()
     else:

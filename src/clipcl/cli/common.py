@@ -51,16 +51,18 @@ def _fmt(v: Any) -> str:
 
 
 def _print_metrics(protocol: str, metrics: dict[str, Any]) -> None:
-    keys = (
-        ["transfer", "avg", "last"]
-        if protocol in {"mtil", "til"}
-        else ["avg", "last", "forgetting", "bwt"]
-    )
+    from clipcl.results.tables import FORGETTING_NOTE, METRICS, metric_label
+
+    cil = protocol not in {"mtil", "til"}
+    keys = [k for k in METRICS["cil" if cil else "til"] if k in metrics]
     table = Table(title="metrics (%)")
     for k in keys:
-        table.add_column(k.capitalize() if k != "bwt" else "BWT", justify="right")
+        table.add_column(metric_label(k), justify="right")
     table.add_row(*[_fmt(metrics[k]) for k in keys])
     out.print(table)
+    if "forgetting" in keys:
+        for line in FORGETTING_NOTE:
+            out.print(line, highlight=False)
 
 
 def _print_matrix(

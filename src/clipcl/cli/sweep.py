@@ -348,6 +348,12 @@ def results(
     fmt: str = typer.Option("table", "--format", help="table, md, latex, csv or json."),
     per_dataset: bool = typer.Option(False, "--per-dataset", help="Per-dataset columns (MTIL)."),
     matrix: str | None = typer.Option(None, "--matrix", help="Print one chain's matrix instead."),
+    chaudhry: bool = typer.Option(
+        False,
+        "--chaudhry",
+        help="CIL: also a Forgetting (Chaudhry et al. 2018) column; Forgetting is the seeds' "
+        "convention (csv/json hold both).",
+    ),
 ) -> None:
     """The paper table: one row per (method, benchmark, settings), mean ± std over seeds."""
     from clipcl.results import load_results
@@ -367,7 +373,7 @@ def results(
             f"no finished chain in sweep '{name}' under {root} yet ({df['chain_id'].nunique()} "
             "chains have rows; `clipcl status` shows how far each is)"
         )
-    print(render(table, fmt))
+    print(render(table, fmt, chaudhry=chaudhry))
 
 
 @app.command()

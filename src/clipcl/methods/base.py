@@ -57,6 +57,11 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: Knobs added after chain ids were published, each with the value every earlier chain
+    #: ran with: ``ChainSpec.canonical_json`` leaves a knob out of the hash at that value, so
+    #: those chains keep their ids (and any other value, the new default included, is a new run).
+    legacy_values: ClassVar[dict[str, Any]] = {}
+
 
 @dataclass(frozen=True)
 class TaskContext:

@@ -168,13 +168,15 @@ class PGP(Method):
     Config = PGPConfig
     config: PGPConfig
     #: The authors' CIFAR-100 config: SGD momentum 0.9, lr 1e-3 on task 0 then 1e-2, weight
-    #: decay 2e-4 (5e-4 on task 0 — one value here), plain CE, per-epoch cosine without warm-up.
+    #: decay 5e-4 on task 0 (their init_weight_decay) then 2e-4, plain CE, per-epoch cosine
+    #: without warm-up.
     train_defaults: ClassVar[dict[str, Any]] = {
         "optimizer": "sgd",
         "momentum": 0.9,
         "lr": 1e-2,
         "lr_first_task": 1e-3,
         "weight_decay": 2e-4,
+        "weight_decay_first_task": 5e-4,  # the authors' init_weight_decay
         "label_smoothing": 0.0,
         "schedule": "warmup_cosine",
         "warmup_steps": 0,

@@ -32,28 +32,36 @@ Side = Literal["right", "left"]
 
 
 def accumulate_covariance(
-    cov: torch.Tensor | None, x: torch.Tensor, *, mean: bool = False
+    cov: torch.Tensor | None,
+    x: torch.Tensor,
+    *,
+    mean: bool = False,
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """``cov + XᵀX`` for the rows of ``x`` (..., d) flattened to (n, d), in float64.
+    """``cov + XᵀX`` for the rows of ``x`` (..., d) flattened to (n, d), in ``dtype``.
 
     Args:
         cov: the running (d, d) sum, or None to start one.
         x: samples (any leading shape; the last axis is the feature axis).
         mean: add ``XᵀX / n`` instead (NSP² divides each batch's term by its row count).
+        dtype: precision of the product (NSP²'s authors: float32).
     """
-    rows = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)  # (n, d)
+    rows = x.detach().reshape(-1, x.shape[-1]).to(dtype)  # (n, d)
     term = rows.t() @ rows  # (d, d)
     if mean:
         term = term / max(1, rows.shape[0])
     return term if cov is None else cov + term.to(cov.device)
 
 
-def eigh_desc(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Singular values (descending, clamped ≥ 0) and vectors (columns) of a symmetric PSD matrix.
+def eigh_desc(
+    cov: torch.Tensor, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values (descending, clamped ≥ 0) and vectors (columns) of a symmetric PSD matrix,
+    computed in ``dtype``.
 
     For ``C = R Rᵀ`` these are ``σ²`` of ``R`` and its left singular vectors.
     """
-    c = cov.to(torch.float64)
+    c = cov.to(dtype)
     c = 0.5 * (c + c.t())  # (d, d) exact symmetry for eigh
     vals, vecs = torch.linalg.eigh(c)  # ascending
     return vals.flip(0).clamp_min(0.0), vecs.flip(1)
@@ -164,10 +172,14 @@ def knee_index(sv: torch.Tensor, smooth_std: float = 10.0, trim: float = 0.015) 
 
 
 def null_space_knee(
-    cov: torch.Tensor, smooth_std: float = 10.0, trim: float = 0.015
+    cov: torch.Tensor,
+    smooth_std: float = 10.0,
+    trim: float = 0.015,
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """(d, k0) eigenvectors of ``cov`` from the knee of its spectrum on (``knee_index``)."""
-    sv, u = eigh_desc(cov)
+    """(d, k0) eigenvectors of ``cov`` from the knee of its spectrum on (``knee_index``); the
+    decomposition runs in ``dtype`` (the knee search itself in float64)."""
+    sv, u = eigh_desc(cov, dtype)
     return u[:, knee_index(sv, smooth_std, trim) :].contiguous()
 
 

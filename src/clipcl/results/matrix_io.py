@@ -1,8 +1,9 @@
 """Reading accuracy-matrix files (.csv, .npy, .json) for ``clipcl score``.
 
 This module owns parsing and validating a user-supplied matrix file into a float64 T x T
-array plus optional task names and per-task test-sample counts. Every problem with the
-file is reported as a one-line :class:`~clipcl.errors.ClipclError` naming the file.
+array plus optional task names and per-task test-sample counts, and checking that the
+accuracies are percentages (:func:`percent_matrix`). Every problem with the file is reported
+as a one-line :class:`~clipcl.errors.ClipclError` naming the file.
 """
 
 from __future__ import annotations
@@ -19,10 +20,21 @@ import numpy as np
 
 from clipcl.errors import ClipclError, did_you_mean
 
-__all__ = ["ALLOWED_SUFFIXES", "LoadedMatrix", "load_matrix"]
+__all__ = ["ALLOWED_SUFFIXES", "LoadedMatrix", "load_matrix", "percent_matrix"]
 
 ALLOWED_SUFFIXES: tuple[str, ...] = (".csv", ".npy", ".json")
 _JSON_KEYS: tuple[str, ...] = ("matrix", "tasks", "counts")
+# Keys of the objects clipcl itself prints with a matrix (``chain run --json``, the
+# ``results`` records): accepted and ignored, so those outputs can be scored as they are.
+_JSON_METADATA_KEYS: tuple[str, ...] = (
+    "chain_id",
+    "method",
+    "benchmark",
+    "protocol",
+    "seed",
+    "zeroshot",
+    "metrics",
+)
 # Words accepted in the top-left header cell above a column of row labels.
 _CORNER_WORDS = frozenset({"", "after", "trained", "train", "task", "tasks", "row", "step", "t"})
 
@@ -74,19 +86,30 @@ def load_matrix(path: str | Path) -> LoadedMatrix:
 
 
 def _parse_float(cell: str) -> float | None:
-    """Return the number in ``cell`` (empty -> NaN), or None if it is not a number."""
+    """Return the number in ``cell`` (empty -> NaN; ``inf`` is a number), or None if it is
+    not a number."""
     cell = cell.strip()
     if cell == "":
         return math.nan
     try:
-        value = float(cell)
+        return float(cell)
     except ValueError:
         return None
-    return None if math.isinf(value) else value
 
 
 def _is_text(cell: str) -> bool:
     return cell.strip() != "" and _parse_float(cell) is None
+
+
+def _check_delimiter(path: Path, rows: list[list[str]]) -> None:
+    """Name a semicolon-delimited file (every line has the same number, >= 1, of ';')
+    instead of reporting its cells as non-numeric."""
+    per_line = {sum(c.count(";") for c in row) for row in rows}
+    if len(per_line) == 1 and min(per_line) >= 1:
+        raise ClipclError(
+            f"{path}: the file is semicolon-delimited (';' between cells); expected ',' "
+            "between cells and '.' as the decimal point"
+        )
 
 
 def _finish(
@@ -134,6 +157,7 @@ def _load_csv(path: Path, text: str) -> LoadedMatrix:
     lines = [(n, row) for n, row in lines if any(c != "" for c in row)]
     if not lines:
         raise ClipclError(f"{path}: matrix is empty; expected rows of comma-separated numbers")
+    _check_delimiter(path, [row for _, row in lines])
     header: list[str] | None = None
     if any(_is_text(c) for c in lines[0][1]):
         header = lines[0][1]
@@ -153,6 +177,11 @@ def _load_csv(path: Path, text: str) -> LoadedMatrix:
                     f"{path}: non-numeric cell {cell!r} at line {line_num}, column {col}; "
                     "cells must be finite numbers or empty (a header row of task names is "
                     "allowed only as the first row)"
+                )
+            if math.isinf(value):
+                raise ClipclError(
+                    f"{path}: infinite value {cell!r} at line {line_num}, column {col}; cells "
+                    "must be finite numbers (accuracies in percent) or empty"
                 )
             values.append(value)
         if rows and len(values) != len(rows[0]):
@@ -208,10 +237,10 @@ def _load_json(path: Path, text: str) -> LoadedMatrix:
     counts: list[float] | None = None
     if isinstance(data, dict):
         for key in data:
-            hint = did_you_mean(key, _JSON_KEYS)
-            if key not in _JSON_KEYS and hint:
+            if key not in _JSON_KEYS and key not in _JSON_METADATA_KEYS:
                 raise ClipclError(
-                    f"{path}: unknown key '{key}'{hint}; allowed: matrix, tasks, counts"
+                    f"{path}: unknown key '{key}'{did_you_mean(key, _JSON_KEYS)}; allowed: "
+                    f"matrix, tasks, counts (and, ignored, {', '.join(_JSON_METADATA_KEYS)})"
                 )
         if "matrix" not in data:
             raise ClipclError(
@@ -232,3 +261,36 @@ def _load_json(path: Path, text: str) -> LoadedMatrix:
         )
     rows = [_json_numbers(path, row, f"matrix row {i + 1}", True) for i, row in enumerate(data)]
     return _finish(path, rows, tasks, counts)
+
+
+def percent_matrix(path: str | Path, matrix: np.ndarray, fraction: bool) -> np.ndarray:
+    """Check that ``matrix`` holds accuracies in percent, converting fractions when asked.
+
+    Args:
+        path: The file the matrix came from (named in errors).
+        matrix: The loaded matrix (NaN = not evaluated).
+        fraction: The file holds fractions in [0, 1]; multiply by 100.
+
+    Returns:
+        The matrix in percent.
+
+    Raises:
+        ClipclError: If an entry is outside [0, 100] (after the conversion), or, without
+            ``fraction``, every entry is within [0, 1] (fractions, most likely).
+    """
+    out = matrix * 100.0 if fraction else matrix
+    bad = ~np.isnan(out) & ((out < 0) | (out > 100))
+    if bad.any():
+        row, col = (int(v[0]) for v in np.nonzero(bad))
+        hint = "; --fraction multiplies every entry by 100" if fraction else ""
+        raise ClipclError(
+            f"{path}: accuracy {out[row, col]:g} at row {row + 1}, column {col + 1} is outside "
+            f"[0, 100]; accuracies must be percentages{hint}"
+        )
+    finite = out[~np.isnan(out)]
+    if not fraction and finite.size and finite.max() <= 1.0:
+        raise ClipclError(
+            f"{path}: every accuracy is in [0, 1], which looks like fractions; pass "
+            "--fraction to multiply them by 100 (accuracies are percentages)"
+        )
+    return out

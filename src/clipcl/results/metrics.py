@@ -5,7 +5,12 @@ This module owns the metric definitions for both benchmark protocols:
 * MTIL (multi-domain task-incremental learning, as in ZSCL): Transfer, Avg and Last,
   computed exactly like ZSCL's results notebook, plus the zero-shot baseline matrix.
 * CIL (class-incremental learning): average incremental accuracy, last accuracy,
-  forgetting and backward transfer (BWT).
+  forgetting in two conventions and backward transfer (BWT). ``forgetting`` is the seeds'
+  convention (NSP², PGP and Mammoth, PyCIL, PILOT): the best accuracy on a task over every
+  evaluation, the last included, minus the final one, so each term is >= 0.
+  ``forgetting_chaudhry`` is Chaudhry et al. 2018: the best over the evaluations *before*
+  the last, so a task that ends above its earlier best counts negative. The first equals the
+  mean of ``max(0, .)`` of the second's per-task terms.
 
 An accuracy matrix ``A[t, i]`` holds the top-1 accuracy (percent) on eval task ``i`` of the
 checkpoint taken after training task ``t``; rows and columns are in training order and
@@ -149,8 +154,11 @@ class CILMetrics:
     Attributes:
         avg: Average incremental accuracy, the mean of ``acc_per_step``.
         last: Accuracy over all classes after the final task.
-        forgetting: Mean over tasks but the last of the drop from the best earlier
-            accuracy to the final one. NaN when T == 1.
+        forgetting: The seeds' convention (NSP², PGP, Mammoth, PyCIL, PILOT): mean over
+            tasks but the last of the best accuracy over every evaluation of the task, the
+            final one included, minus the final accuracy (each term >= 0). NaN when T == 1.
+        forgetting_chaudhry: Chaudhry et al. 2018: the same with the best taken over the
+            evaluations before the final one (terms may be negative). NaN when T == 1.
         bwt: Backward transfer, mean over tasks but the last of final minus just-learned
             accuracy. NaN when T == 1.
         acc_per_step: Sample-weighted accuracy over the seen tasks after each step.
@@ -159,6 +167,7 @@ class CILMetrics:
     avg: float
     last: float
     forgetting: float
+    forgetting_chaudhry: float
     bwt: float
     acc_per_step: tuple[float, ...]
 
@@ -168,6 +177,9 @@ class CILMetrics:
             "avg": self.avg,
             "last": self.last,
             "forgetting": None if math.isnan(self.forgetting) else self.forgetting,
+            "forgetting_chaudhry": (
+                None if math.isnan(self.forgetting_chaudhry) else self.forgetting_chaudhry
+            ),
             "bwt": None if math.isnan(self.bwt) else self.bwt,
             "acc_per_step": _nan_to_none(self.acc_per_step),
         }
@@ -224,16 +236,19 @@ def cil_metrics(matrix: ArrayLike, counts: Sequence[float] | None = None) -> CIL
     )
     if n_tasks >= 2:
         final = arr[-1, :-1]
-        # best accuracy on task i over rows i..T-2 (the final row excluded)
-        best = np.array([arr[i:-1, i].max() for i in range(n_tasks - 1)])
-        forgetting = float(np.mean(best - final))
+        # Chaudhry: best accuracy on task i over rows i..T-2 (the final row excluded)
+        drop = np.array([arr[i:-1, i].max() for i in range(n_tasks - 1)]) - final
+        forgetting_chaudhry = float(np.mean(drop))
+        # seeds: best over rows i..T-1, i.e. max(best before, final) - final = max(0, drop)
+        forgetting = float(np.mean(np.maximum(drop, 0.0)))
         bwt = float(np.mean(final - np.diag(arr)[:-1]))
     else:
-        forgetting = bwt = math.nan
+        forgetting = forgetting_chaudhry = bwt = math.nan
     return CILMetrics(
         avg=float(np.mean(acc_per_step)),
         last=acc_per_step[-1],
         forgetting=forgetting,
+        forgetting_chaudhry=forgetting_chaudhry,
         bwt=bwt,
         acc_per_step=acc_per_step,
     )

@@ -5,6 +5,11 @@ chain_id, method, benchmark, protocol, seed, trained_task, eval_task, eval_name,
 optional: num_tasks, config, trained_name and one column per dotted setting). Matrices are
 built for all chains at once with numpy and the metrics are computed on stacks of matrices;
 they equal :mod:`clipcl.results.metrics` (the definitions) to floating-point rounding.
+
+CIL forgetting comes in two conventions (see :class:`~clipcl.results.metrics.CILMetrics`):
+``forgetting`` (the seeds' NSP²/PGP/Mammoth/PyCIL convention, the "Forgetting" column of every
+table) and ``forgetting_chaudhry`` (Chaudhry et al. 2018; in csv/json always, in the text
+formats on request). Text tables with a Forgetting column end with a note saying which is which.
 """
 
 from __future__ import annotations
@@ -19,15 +24,38 @@ import pandas as pd
 
 from clipcl.errors import ClipclError, unknown_name
 
-__all__ = ["FORMATS", "METRICS", "chain_matrices", "matrix_table", "render", "summarize"]
+__all__ = [
+    "FORGETTING_NOTE",
+    "FORMATS",
+    "METRICS",
+    "chain_matrices",
+    "matrix_table",
+    "metric_label",
+    "render",
+    "summarize",
+]
 
 FORMATS = ("table", "md", "latex", "csv", "json")
 METRICS: dict[str, tuple[str, ...]] = {
     "til": ("transfer", "avg", "last"),
-    "cil": ("avg", "last", "forgetting", "bwt"),
+    "cil": ("avg", "last", "forgetting", "forgetting_chaudhry", "bwt"),
 }
-_ORDER = ("transfer", "avg", "last", "forgetting", "bwt")
-_LABELS = dict(transfer="Transfer", avg="Avg", last="Last", forgetting="Forgetting", bwt="BWT")
+_ORDER = ("transfer", "avg", "last", "forgetting", "forgetting_chaudhry", "bwt")
+_LABELS = dict(
+    transfer="Transfer",
+    avg="Avg",
+    last="Last",
+    forgetting="Forgetting",
+    forgetting_chaudhry="Forgetting (Chaudhry)",
+    bwt="BWT",
+)
+#: Said under every text table that has a Forgetting column (one sentence per convention).
+FORGETTING_NOTE = (
+    "Forgetting: mean over old tasks of best accuracy over all evaluations (the last included) "
+    "minus final accuracy, as NSP², PGP, Mammoth and PyCIL compute it.",
+    "Forgetting (Chaudhry), forgetting_chaudhry in csv/json: the best is taken over the "
+    "evaluations before the last (Chaudhry et al. 2018).",
+)
 #: Columns that are not settings (everything else in the frame is a setting).
 CORE_COLUMNS = frozenset(
     ("chain_id", "sweep", "method", "benchmark", "protocol", "seed", "num_tasks", "config")
@@ -126,23 +154,26 @@ def _til(acc: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _cil(acc: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Avg/Last/Forgetting/BWT of a stack (n, T, T) weighted by test counts (n, T)."""
+    """Avg/Last/Forgetting (both conventions)/BWT of a stack (n, T, T) weighted by test
+    counts (n, T)."""
     n, size = acc.shape[:2]
     lower = np.tril(np.ones((size, size), dtype=bool))
     weighted = np.einsum("nti,ni->nt", np.where(lower, acc, 0.0), counts)
     per_step = weighted / np.cumsum(counts, axis=1)
-    forgetting = bwt = np.full(n, np.nan)
+    forgetting = chaudhry = bwt = np.full(n, np.nan)
     if size > 1:
         final = acc[:, -1, :-1]
         rows = np.arange(size)[:, None]
         window = (rows >= np.arange(size - 1)) & (rows <= size - 2)  # (T, T-1): rows i..T-2
-        best = np.where(window, acc[:, :, :-1], -np.inf).max(axis=1)
-        forgetting = (best - final).mean(axis=1)
+        drop = np.where(window, acc[:, :, :-1], -np.inf).max(axis=1) - final  # (n, T-1)
+        chaudhry = drop.mean(axis=1)
+        forgetting = np.maximum(drop, 0.0).mean(axis=1)  # best over rows i..T-1
         bwt = (final - np.diagonal(acc, axis1=1, axis2=2)[:, :-1]).mean(axis=1)
     return {
         "avg": per_step.mean(axis=1),
         "last": per_step[:, -1],
         "forgetting": forgetting,
+        "forgetting_chaudhry": chaudhry,
         "bwt": bwt,
     }
 
@@ -226,7 +257,7 @@ def summarize(df: pd.DataFrame, per_dataset: bool = False) -> pd.DataFrame:
         (only when it tells apart rows that are otherwise equal), seeds (number of
         complete chains), then ``<metric>_mean`` and ``<metric>_std`` (sample std over
         seeds; NaN for one seed) for til's transfer/avg/last and cil's
-        avg/last/forgetting/bwt.
+        avg/last/forgetting/forgetting_chaudhry/bwt.
     """
     data = _chain_metrics(df, per_dataset)
     settings = [c for c in df.columns if c not in CORE_COLUMNS and data[c].notna().any()]
@@ -267,17 +298,23 @@ def _metric_cell(mean: Any, std: Any, latex: bool) -> str:
     return f"{mean:.1f}" if _is_missing(std) else f"{mean:.1f} ± {std:.1f}"
 
 
-def _label(metric: str) -> str:
+def metric_label(metric: str) -> str:
+    """The column label of a metric key (``forgetting_chaudhry`` → "Forgetting (Chaudhry)",
+    ``avg/DTD`` → "Avg/DTD")."""
     head, _, task = metric.partition("/")
     return f"{_LABELS[head]}/{task}" if task else _LABELS[head]
 
 
-def _grid(summary: pd.DataFrame, latex: bool) -> tuple[list[str], list[list[str]], int]:
+def _grid(
+    summary: pd.DataFrame, latex: bool, chaudhry: bool
+) -> tuple[list[str], list[list[str]], int]:
     """Header, cell strings and the number of leading text columns."""
     metrics = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
     skip = {"protocol", "seeds", *(f"{m}_{s}" for m in metrics for s in ("mean", "std"))}
+    if not chaudhry:
+        metrics = [m for m in metrics if m != "forgetting_chaudhry"]
     keys = [c for c in summary.columns if c not in skip]
-    header = [*keys, "seeds", *(_label(m) for m in metrics)]
+    header = [*keys, "seeds", *(metric_label(m) for m in metrics)]
     cells = []
     for row in summary.to_dict("records"):
         text = [_value_cell(row[k]) for k in keys] + [str(row["seeds"])]
@@ -328,7 +365,7 @@ def _plain_value(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def render(summary: pd.DataFrame, fmt: str) -> str:
+def render(summary: pd.DataFrame, fmt: str, chaudhry: bool = False) -> str:
     """Render a :func:`summarize` table.
 
     Args:
@@ -336,6 +373,9 @@ def render(summary: pd.DataFrame, fmt: str) -> str:
         fmt: ``table`` (aligned plain text), ``md`` (GitHub markdown, ``mean ± std`` to one
             decimal), ``latex`` (a tabular with ``$mean_{\\pm std}$`` cells), ``csv`` or
             ``json`` (unrounded numbers; json is a list of records with NaN as null).
+        chaudhry: Also show the "Forgetting (Chaudhry)" column in the text formats (csv
+            and json always hold every column). Text tables with a Forgetting column end
+            with the lines of :data:`FORGETTING_NOTE`.
 
     Returns:
         The rendered text, ending with a newline.
@@ -352,8 +392,17 @@ def render(summary: pd.DataFrame, fmt: str) -> str:
             {str(k): _plain_value(v) for k, v in row.items()} for row in summary.to_dict("records")
         ]
         return json.dumps(records, indent=2) + "\n"
-    header, cells, n_text = _grid(summary, latex=fmt == "latex")
-    return {"table": _plain, "md": _markdown, "latex": _latex}[fmt](header, cells, n_text)
+    header, cells, n_text = _grid(summary, latex=fmt == "latex", chaudhry=chaudhry)
+    text = {"table": _plain, "md": _markdown, "latex": _latex}[fmt](header, cells, n_text)
+    if _LABELS["forgetting"] not in header:
+        return text
+    if fmt != "latex":
+        return text + "\n" + "\n".join(FORGETTING_NOTE) + "\n"
+    notes = "".join(
+        rf"\multicolumn{{{len(header)}}}{{l}}{{\footnotesize {_tex(line)}}} \\" + "\n"
+        for line in FORGETTING_NOTE
+    ).replace("²", "$^2$")
+    return text.removesuffix("\\end{tabular}\n") + notes + "\\end{tabular}\n"
 
 
 def matrix_table(df: pd.DataFrame, chain_id: str) -> str:

@@ -51,6 +51,12 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(
         0.0, ge=0, description="Weight decay (decoupled for adamw, L2 inside adam and sgd)."
     )
+    weight_decay_first_task: float | None = Field(
+        None,
+        ge=0,
+        description="Weight decay of task 0 (PGP's init_weight_decay: 5e-4, then weight_decay);"
+        " None = weight_decay.",
+    )
     optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="Optimizer per task.")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
     schedule: Literal["warmup_cosine", "multistep", "constant"] = Field(
@@ -73,6 +79,13 @@ class TrainConfig(BaseModel):
         if task_index == 0 and self.lr_first_task is not None:
             return self.lr_first_task
         return self.lr
+
+    def weight_decay_for(self, task_index: int) -> float:
+        """Weight decay of a task: ``weight_decay_first_task`` on task 0 when set, else
+        ``weight_decay``."""
+        if task_index == 0 and self.weight_decay_first_task is not None:
+            return self.weight_decay_first_task
+        return self.weight_decay
 
     def steps_for(self, batches_per_epoch: int) -> int:
         """Optimizer steps for one task: ``iterations``, or ``epochs`` × batches per epoch."""
@@ -98,7 +111,16 @@ LATER_TRAIN_KEYS = (
     "schedule",
     "lr_milestones",
     "lr_gamma",
+    "weight_decay_first_task",
 )
+
+
+def _legacy_method_values(name: str) -> dict[str, Any]:
+    """The method's ``Config.legacy_values`` (none for a method no longer registered)."""
+    try:
+        return method_class(name).Config.legacy_values
+    except ClipclError:
+        return {}
 
 
 def _json_default(value: Any) -> Any:
@@ -175,12 +197,16 @@ class ChainSpec(BaseModel):
 
     def canonical_json(self) -> str:
         """The spec as sorted, compact JSON; train knobs added after chain ids were first
-        published are left out while at their defaults, so existing runs keep their ids."""
+        published are left out while at their defaults, and method knobs while at their
+        ``MethodConfig.legacy_values``, so existing runs keep their ids."""
         data = self.model_dump(mode="json")
         defaults = TrainConfig.model_fields
         for key in LATER_TRAIN_KEYS:
             if data["train"].get(key) == _json_default(defaults[key].default):
                 data["train"].pop(key)
+        for key, value in _legacy_method_values(self.method_name).items():
+            if key in data["method"] and data["method"][key] == _json_default(value):
+                data["method"].pop(key)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @functools.cached_property

@@ -20,13 +20,20 @@ __all__ = ["lr_at", "make_loader", "make_optimizer", "train_task"]  # make_loade
 StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, lr: float):
-    """The task's optimizer: ``adamw`` (decoupled decay), ``adam`` (L2 inside Adam) or ``sgd``."""
+def make_optimizer(
+    params: list[torch.nn.Parameter],
+    cfg: TrainConfig,
+    lr: float,
+    weight_decay: float | None = None,
+):
+    """The task's optimizer: ``adamw`` (decoupled decay), ``adam`` (L2 inside Adam) or ``sgd``;
+    ``weight_decay`` None = ``cfg.weight_decay``."""
+    wd = cfg.weight_decay if weight_decay is None else weight_decay
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
 
 
 def lr_at(cfg: TrainConfig, step: int, base_lr: float, steps: int) -> float:
@@ -62,7 +69,7 @@ def train_task(
         )
     steps = cfg.steps_for(len(loader))
     base_lr = cfg.lr_for(ctx.index, task.name)
-    optimizer = make_optimizer(params, cfg, base_lr)
+    optimizer = make_optimizer(params, cfg, base_lr, cfg.weight_decay_for(ctx.index))
     device = model.device
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16" and device.type == "cuda")
 

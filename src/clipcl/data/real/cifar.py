@@ -14,7 +14,14 @@ from clipcl.data.real.templates import CIFAR_TEMPLATES
 from clipcl.errors import ClipclError
 
 
+def _text(value: Any) -> Any:
+    """``bytes`` as ``str`` (latin-1, as the Python 2 originals are read); anything else as is."""
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
+    """A CIFAR pickle's dict with ``str`` keys: the Python 2 originals, and copies saved again
+    from Python 3 after an ``encoding="bytes"`` load (bytes keys, bytes names)."""
     with open(need(path), "rb") as fh:
         try:
             data = pickle.load(fh, encoding="latin1")
@@ -22,7 +29,12 @@ def _unpickle(path: Path) -> dict[str, Any]:
             raise ClipclError(f"{path}: not a CIFAR pickle ({exc})") from None
     if not isinstance(data, dict):
         raise ClipclError(f"{path}: not a CIFAR pickle (no dict inside)")
-    return data
+    return {_text(k): v for k, v in data.items()}
+
+
+def _names(values: Any) -> tuple[str, ...]:
+    """Class names (``str`` or ``bytes``) with underscores as spaces."""
+    return tuple(str(_text(n)).replace("_", " ") for n in values)
 
 
 def _images(batch: dict[str, Any], path: Path) -> np.ndarray:
@@ -58,7 +70,7 @@ class CIFAR10(RealDataset):
         x_train = np.concatenate([_images(b, root / f) for b, f in pairs])
         y_train = [y for b in train for y in b["labels"]]
         return Splits(
-            tuple(n.replace("_", " ") for n in names),
+            _names(names),
             ArrayImageDataset(x_train, y_train),
             ArrayImageDataset(_images(test, root / "test_batch"), test["labels"]),
         )
@@ -90,4 +102,4 @@ class CIFAR100(RealDataset):
             if labels is None:
                 raise ClipclError(f"{root / part}: no 'fine_labels'")
             splits.append(ArrayImageDataset(_images(batch, root / part), labels))
-        return Splits(tuple(n.replace("_", " ") for n in names), splits[0], splits[1])
+        return Splits(_names(names), splits[0], splits[1])
