@@ -150,6 +150,15 @@ CHAIN_CASES = {
         extra=("--set", "train.lr_per_task.colrs=1e-3", "--set", "train.iterations=1"),
         expected=("colrs", "did you mean 'colors'"),
     ),
+    # bools are not numbers and numbers are finite (iterations=1 keeps a wrongly started run short)
+    "set-iterations-bool": ChainCase(
+        extra=("--set", "train.iterations=true"), expected=("train.iterations", "True")
+    ),
+    "set-seed-bool": ChainCase(extra=("--set", "seed=false"), expected=("seed", "False")),
+    "set-lr-infinite": ChainCase(
+        extra=("--set", "train.lr=inf", "--set", "train.iterations=1"),
+        expected=("train.lr", "inf"),
+    ),
     # --- flags that typer/torch parse ---
     "seed-not-an-int": ChainCase(options={"--seed": "abc"}, expected=("--seed", "integer")),
     "device-unknown": ChainCase(extra=("--device", "banana"), expected=("banana",)),

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from clipcl.errors import ClipclError
+from clipcl.resources import Resources
 from clipcl.sweeps import expand, load_sweep
 
 DATA = Path(__file__).parent / "data" / "sweeps"
@@ -109,6 +110,23 @@ BAD = {
     "duplicate-chain": (BASE + "grid: {train.lr: [1.0e-3, 1.0e-3]}\n", "duplicate chain"),
     "unknown-model": (BASE + "model: {arch: tinyy}\n", "did you mean 'tiny'"),
     "train-section-type": (BASE + "train: 5\n", "train"),
+    # bools are not numbers, numbers are finite, a key is written once
+    "iterations-bool": (BASE + "train: {iterations: true}\n", "train.iterations"),
+    "seeds-bool": (BASE.replace("seeds: [0]", "seeds: [true]"), "seeds"),
+    "keep-checkpoints-bool": (BASE + "keep_checkpoints: false\n", "keep_checkpoints"),
+    "lr-inf": (BASE + "train: {lr: .inf}\n", "train.lr"),
+    "lr-nan-in-grid": (BASE + "grid: {train.lr: [.nan]}\n", "train.lr"),
+    "mem-inf": (BASE + "resources: {mem_gb: .inf}\n", "resources.mem_gb"),
+    "resources-bool": (BASE + "resources: {gpus: true}\n", "resources.gpus"),
+    "method-knob-bool": (
+        BASE.replace("finetune: {}", "gpm: {threshold: true}"),
+        "method.threshold",
+    ),
+    "duplicate-top-key": (BASE + "seeds: [1]\n", "duplicate key 'seeds' (line 5"),
+    "duplicate-nested-key": (
+        BASE + "train: {lr: 1.0e-3, lr: 1.0e-4}\n",
+        "duplicate key 'lr' (line 5",
+    ),
 }
 
 
@@ -123,6 +141,19 @@ def test_bad_sweep_is_one_clear_error(tmp_path: Path, case: str) -> None:
     assert str(path) in message, message
     assert expected in message, message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        ({"mem_gb": float("inf")}, "resources.mem_gb: expected a finite number > 0, got inf"),
+        ({"gpus": True}, "resources.gpus: expected an integer >= 0, got True"),
+    ],
+)
+def test_resources_built_directly_refuse_bools_and_infinity(kw: dict, expected: str) -> None:
+    with pytest.raises(ClipclError) as info:
+        Resources(**kw)
+    assert str(info.value) == expected
 
 
 def test_missing_sweep_file(tmp_path: Path) -> None:

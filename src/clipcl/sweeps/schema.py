@@ -13,17 +13,45 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from clipcl.errors import ClipclError
 from clipcl.resources import Resources
 from clipcl.slurm.settings import SlurmSettings
-from clipcl.validation import validate
+from clipcl.validation import StrictNumbers, validate
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class SweepFile(BaseModel):
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping of the YAML text sets one key twice (PyYAML keeps the last silently)."""
+
+    def __init__(self, key: Any, at: str, first: str) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.at, self.first = key, at, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[tuple[type, Any], str] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *anchor' merges; its keys may be overridden on purpose
+            key = self.construct_object(key_node, deep=True)
+            mark = key_node.start_mark
+            at = f"line {mark.line + 1}, column {mark.column + 1}"
+            try:
+                if (type(key), key) in first:
+                    raise DuplicateKeyError(key, at, first[(type(key), key)])
+                first[(type(key), key)] = at
+            except TypeError:
+                continue  # an unhashable key: SafeLoader's own error says so
+        return super().construct_mapping(node, deep=deep)
+
+
+class SweepFile(StrictNumbers):
     """The schema of ``sweeps/*.yaml``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -109,7 +137,12 @@ def load_sweep(path: str | Path) -> SweepFile:
     if not path.is_file():
         raise ClipclError(f"sweep file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except DuplicateKeyError as exc:
+        raise ClipclError(
+            f"{path}: duplicate key '{exc.key}' ({exc.at}; first at {exc.first}): "
+            "write each key once"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -9,13 +9,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from clipcl.data import benchmark_info
 from clipcl.errors import ClipclError, did_you_mean
 from clipcl.methods import MethodConfig, method_class
 from clipcl.models import ModelConfig, Precision, default_pretrained, resolve_arch
-from clipcl.validation import apply_overrides, validate
+from clipcl.validation import StrictNumbers, apply_overrides, validate
 
 T = TypeVar("T")
 
@@ -28,7 +28,7 @@ def _named(source: str, key: str, lookup: Callable[[str], T], value: str) -> T:
         raise ClipclError(f"{source}: {key}: {exc}") from None
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(StrictNumbers):
     """Optimisation knobs shared by every training method (ZSCL's MTIL defaults)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -105,7 +105,7 @@ def _json_default(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(StrictNumbers):
     """Evaluation knobs."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -142,7 +142,7 @@ class MethodSpec:
         return {"name": self.name, **self.config.model_dump(mode="json")}
 
 
-class ChainSpec(BaseModel):
+class ChainSpec(StrictNumbers):
     """One chain: a model trained task after task over a benchmark by one method and seed.
 
     ``method`` holds ``name`` plus that method's config keys (validated by the method's config
