@@ -66,6 +66,16 @@ def test_every_shipped_sweep_loads_and_expands() -> None:
         assert expand(load_sweep(path), str(path)), path
 
 
+def test_readme_sweep_example_loads_and_expands(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Sweeps") :]
+    example = section[section.index("```yaml\n") + 8 : section.index("```\n", 8)]
+    path = tmp_path / "lr-study.yaml"
+    path.write_text(example)
+    chains = expand(load_sweep(path), str(path))
+    assert {e.method for e in chains} == {"zeroshot", "finetune"}
+
+
 BASE = """name: bad
 benchmarks: [smoke]
 methods: {finetune: {}}
@@ -121,6 +131,86 @@ BAD = {
     "method-knob-bool": (
         BASE.replace("finetune: {}", "gpm: {threshold: true}"),
         "method.threshold",
+    ),
+    # grid keys that change a chain's identity have their own place in the sweep
+    "grid-benchmark": (
+        BASE + "grid: {benchmark: [mini-cil]}\n",
+        "grid.benchmark: a chain's benchmark is not a grid key; list benchmarks in 'benchmarks:'",
+    ),
+    "grid-method-name": (
+        BASE + "grid: {method.name: [zeroshot]}\n",
+        "grid.method.name: a chain's method is not a grid key; list methods under 'methods:'",
+    ),
+    "grid-method-section": (
+        BASE + "grid: {method: [{name: zeroshot}]}\n",
+        "list methods under 'methods:'",
+    ),
+    "grid-seed": (BASE + "grid: {seed: [1, 2]}\n", "grid.seed: a chain's seed is not a grid key"),
+    "zip-seed": (
+        BASE + "zip: [{seed: [1, 2], train.lr: [1.0e-3, 1.0e-4]}]\n",
+        "zip[0].seed: a chain's seed is not a grid key; list seeds in 'seeds:'",
+    ),
+    "method-grid-benchmark": (
+        BASE.replace("finetune: {}", "finetune: {grid: {benchmark: [mini-cil]}}"),
+        "methods.finetune.grid.benchmark: a chain's benchmark is not a grid key",
+    ),
+    # a method's own grid gets the checks of the top-level one
+    "method-grid-empty": (
+        BASE.replace("finetune: {}", "finetune: {grid: {train.lr: []}}"),
+        "methods.finetune.grid: grid key 'train.lr' has an empty list of values",
+    ),
+    "method-grid-string": (
+        BASE.replace("finetune: {}", "finetune: {grid: {train.batch_size: '16'}}"),
+        "methods.finetune.grid.train.batch_size",
+    ),
+    "method-grid-scalar": (
+        BASE.replace("finetune: {}", "finetune: {grid: {train.batch_size: 16}}"),
+        "methods.finetune.grid.train.batch_size",
+    ),
+    "method-grid-not-a-mapping": (
+        BASE.replace("finetune: {}", "finetune: {grid: [train.lr]}"),
+        "methods.finetune.grid",
+    ),
+    "method-train-not-a-mapping": (
+        BASE.replace("finetune: {}", "finetune: {train: 5}"),
+        "methods.finetune.train",
+    ),
+    "method-grid-varied-twice": (
+        BASE.replace("finetune: {}", "finetune: {grid: {train.lr: [1.0e-3]}}")
+        + "grid: {train.lr: [1.0e-4]}\n",
+        "key 'train.lr' is varied twice (grid and methods.finetune.grid)",
+    ),
+    "method-grid-and-zip": (
+        BASE.replace("finetune: {}", "finetune: {grid: {train.lr: [1.0e-3]}}")
+        + "zip: [{train.lr: [1.0e-4]}]\n",
+        "key 'train.lr' is varied twice (zip[0] and methods.finetune.grid)",
+    ),
+    # a fixed value that a grid or zip always overrides never takes effect
+    "method-train-overridden-by-zip": (
+        BASE.replace("finetune: {}", "finetune: {train: {warmup_steps: 20}}")
+        + "zip: [{train.iterations: [10, 20], train.warmup_steps: [1, 2]}]\n",
+        "methods.finetune.train.warmup_steps: 20 never takes effect: zip[0] varies "
+        "train.warmup_steps",
+    ),
+    "method-knob-overridden-by-its-grid": (
+        BASE.replace(
+            "finetune: {}",
+            "finetune: {train_mode: whole, grid: {method.train_mode: [image, text]}}",
+        ),
+        "methods.finetune.train_mode: 'whole' never takes effect: methods.finetune.grid varies "
+        "method.train_mode",
+    ),
+    "sweep-train-overridden-by-grid": (
+        BASE + "train: {lr: 1.0e-3}\ngrid: {train.lr: [1.0e-4, 1.0e-5]}\n",
+        "train.lr: 0.001 never takes effect: grid varies train.lr",
+    ),
+    "sweep-train-overridden-by-method-train": (
+        BASE.replace("finetune: {}", "finetune: {train: {lr: 1.0e-4}}") + "train: {lr: 1.0e-3}\n",
+        "train.lr: 0.001 never takes effect: methods.finetune.train sets train.lr",
+    ),
+    "model-overridden-by-grid": (
+        BASE + "model: {arch: tiny}\ngrid: {model.arch: [tiny, ViT-B-16]}\n",
+        "model.arch: 'tiny' never takes effect: grid varies model.arch",
     ),
     "duplicate-top-key": (BASE + "seeds: [1]\n", "duplicate key 'seeds' (line 5"),
     "duplicate-nested-key": (

@@ -133,7 +133,7 @@ def format_validation_error(
         return f"{source}: missing required key '{key}'"
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "value_error" and isinstance(e.get("input"), dict):
-        return f"{source}: {key or 'spec'}: {msg}"  # a check across several keys
+        return f"{source}: {key + ': ' if key else ''}{msg}"  # a check across several keys
     return f"{source}: {key}: {msg} (got {e.get('input')!r})"
 
 
