@@ -159,6 +159,9 @@ CHAIN_CASES = {
         extra=("--set", "train.lr=inf", "--set", "train.iterations=1"),
         expected=("train.lr", "inf"),
     ),
+    "set-epochs-keeps-iterations": ChainCase(
+        extra=("--set", "train.epochs=1"), expected=("--set train.iterations=null",)
+    ),
     # --- flags that typer/torch parse ---
     "seed-not-an-int": ChainCase(options={"--seed": "abc"}, expected=("--seed", "integer")),
     "device-unknown": ChainCase(extra=("--device", "banana"), expected=("banana",)),

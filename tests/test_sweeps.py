@@ -212,6 +212,10 @@ BAD = {
         BASE + "model: {arch: tiny}\ngrid: {model.arch: [tiny, ViT-B-16]}\n",
         "model.arch: 'tiny' never takes effect: grid varies model.arch",
     ),
+    "epochs-without-unsetting-iterations": (
+        BASE + "train: {epochs: 1}\n",
+        "train.epochs replaces train.iterations: set iterations: null",
+    ),
     "duplicate-top-key": (BASE + "seeds: [1]\n", "duplicate key 'seeds' (line 5"),
     "duplicate-nested-key": (
         BASE + "train: {lr: 1.0e-3, lr: 1.0e-4}\n",

@@ -83,8 +83,14 @@ class TrainConfig(StrictNumbers):
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainConfig:
-        if (self.iterations is None) == (self.epochs is None):
-            raise ValueError("set exactly one of train.iterations and train.epochs")
+        if self.iterations is not None and self.epochs is not None:
+            raise ValueError(
+                f"train.epochs replaces train.iterations: set iterations: null in the file's "
+                f"train section (or --set train.iterations=null) to train {self.epochs} epochs "
+                f"per task (iterations is {self.iterations}, perhaps a default)"
+            )
+        if self.iterations is None and self.epochs is None:
+            raise ValueError("set one of train.iterations and train.epochs")
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise ValueError(f"lr_milestones must lie in (0, 1), got {list(self.lr_milestones)}")
         return self
