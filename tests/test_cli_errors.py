@@ -195,6 +195,22 @@ def test_chain_run_root_is_under_a_file(tmp_path: Path) -> None:
     assert blocker.read_text(encoding="utf-8") == "not a directory\n"
 
 
+def test_two_sweep_files_with_one_name_do_not_merge(tmp_path: Path) -> None:
+    """A second file recording the same sweep name under one root is refused, naming both."""
+    root = tmp_path / "runs"
+    text = "name: same\nbenchmarks: [smoke]\nmethods: {zeroshot: {}}\nseeds: [%s]\n"
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text(text % "0")
+    second.write_text(text % "1")
+    ok = _clipcl("sbatch", first, "-o", tmp_path / "a.sbatch", "--root", root)
+    assert ok.returncode == 0, ok.stderr
+    again = _clipcl("sbatch", first, "-o", tmp_path / "a2.sbatch", "--root", root)
+    assert again.returncode == 0, again.stderr  # the same file again is the same sweep
+    proc = _clipcl("sbatch", second, "-o", tmp_path / "b.sbatch", "--root", root)
+    _assert_user_error(proc, [str(first), str(second), "rename the sweep"])
+    assert not (tmp_path / "b.sbatch").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # score
 # --------------------------------------------------------------------------------------------

@@ -121,7 +121,7 @@ def submit(
     preflight_data(sweep, data_root, refuse=True)
     with ResultsStore(root) as store:
         store.record_sweep(
-            sweep.name, str(sweep_file), sweep.model_dump(mode="json"), the_plan.records()
+            sweep.name, str(sweep_file.resolve()), sweep.model_dump(mode="json"), the_plan.records()
         )
         store.ingest_root(root)
     options = BackendOptions(jobs, ray_address, root, sweep, str(sweep_file), data_root)
