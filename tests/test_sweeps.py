@@ -63,7 +63,10 @@ def test_expansion_is_deterministic() -> None:
 def test_every_shipped_sweep_loads_and_expands() -> None:
     files = sorted((REPO / "sweeps").glob("*.yaml"))
     for path in files:
-        assert expand(load_sweep(path), str(path)), path
+        sweep = load_sweep(path)
+        assert expand(sweep, str(path)), path
+        # the repository's runs/ (where `make demo` and the README look), from any directory
+        assert sweep.run_root(path) == REPO / "runs" / sweep.name, path
 
 
 def test_readme_sweep_example_loads_and_expands(tmp_path: Path) -> None:
@@ -248,6 +251,31 @@ def test_resources_built_directly_refuse_bools_and_infinity(kw: dict, expected: 
     with pytest.raises(ClipclError) as info:
         Resources(**kw)
     assert str(info.value) == expected
+
+
+@pytest.mark.parametrize(
+    ("root", "where"),
+    [("../runs/s", "runs/s"), ("out", "sweeps/out"), ("~/r", "home/r"), ("'~'", "home")],
+)
+def test_run_root_is_relative_to_the_sweep_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root: str, where: str
+) -> None:
+    """A relative root is the sweep file's directory's, whatever the working directory; '~'
+    is the home directory. status and results look there too."""
+    from clipcl.orchestrator.plan import load_entries
+    from tests.helpers import clipcl_inprocess
+
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    path = tmp_path / "sweeps" / "s.yaml"
+    path.write_text(BASE + f"root: {root}\n")
+    expected = (tmp_path / where).resolve()
+    assert load_entries(Path("../sweeps/s.yaml"))[2] == expected
+    status = clipcl_inprocess("status", "../sweeps/s.yaml")
+    assert f"no results store under {expected} " in status.stderr, status.stderr
+    assert not list((tmp_path / "elsewhere").iterdir())  # nothing written here
 
 
 def test_missing_sweep_file(tmp_path: Path) -> None:

@@ -228,7 +228,7 @@ def _root_for(sweep: str | None, root: Path | None) -> Path:
     if path is not None:
         from clipcl.sweeps import load_sweep
 
-        return Path(load_sweep(path).root)
+        return load_sweep(path).run_root(path)
     return Path("runs")
 
 

@@ -123,7 +123,9 @@ class SweepFile(StrictNumbers):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="Sweep name (letters, digits, '.', '_', '-').")
-    root: str = Field("runs", description="Run root (relative paths: to the working directory).")
+    root: str = Field(
+        "runs", description="Run root ('~' expands; relative paths: to the sweep file's directory)."
+    )
     data_root: str | None = Field(
         None, description="Root of the local datasets (default: --data-root or $CLIPCL_DATA_ROOT)."
     )
@@ -188,6 +190,12 @@ class SweepFile(StrictNumbers):
         if len(set(v)) != len(v):
             raise ValueError(f"seeds repeat: {v}")
         return v
+
+    def run_root(self, sweep_file: str | Path) -> Path:
+        """The absolute run root: ``root`` with '~' expanded, a relative one taken from the
+        directory of ``sweep_file`` (this sweep's file), not from the working directory."""
+        root = Path(self.root).expanduser()
+        return (Path(sweep_file).parent / root).resolve()
 
     def varied(self, method: str | None = None) -> dict[str, str]:
         """Dotted key → where it is varied (``grid``, ``zip[i]``, ``methods.<m>.grid``), for
