@@ -150,6 +150,18 @@ CHAIN_CASES = {
         extra=("--set", "train.lr_per_task.colrs=1e-3", "--set", "train.iterations=1"),
         expected=("colrs", "did you mean 'colors'"),
     ),
+    # bools are not numbers and numbers are finite (iterations=1 keeps a wrongly started run short)
+    "set-iterations-bool": ChainCase(
+        extra=("--set", "train.iterations=true"), expected=("train.iterations", "True")
+    ),
+    "set-seed-bool": ChainCase(extra=("--set", "seed=false"), expected=("seed", "False")),
+    "set-lr-infinite": ChainCase(
+        extra=("--set", "train.lr=inf", "--set", "train.iterations=1"),
+        expected=("train.lr", "inf"),
+    ),
+    "set-epochs-keeps-iterations": ChainCase(
+        extra=("--set", "train.epochs=1"), expected=("--set train.iterations=null",)
+    ),
     # --- flags that typer/torch parse ---
     "seed-not-an-int": ChainCase(options={"--seed": "abc"}, expected=("--seed", "integer")),
     "device-unknown": ChainCase(extra=("--device", "banana"), expected=("banana",)),
@@ -181,6 +193,22 @@ def test_chain_run_root_is_under_a_file(tmp_path: Path) -> None:
     proc = _clipcl(*args)
     _assert_user_error(proc, [str(blocker)])
     assert blocker.read_text(encoding="utf-8") == "not a directory\n"
+
+
+def test_two_sweep_files_with_one_name_do_not_merge(tmp_path: Path) -> None:
+    """A second file recording the same sweep name under one root is refused, naming both."""
+    root = tmp_path / "runs"
+    text = "name: same\nbenchmarks: [smoke]\nmethods: {zeroshot: {}}\nseeds: [%s]\n"
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text(text % "0")
+    second.write_text(text % "1")
+    ok = _clipcl("sbatch", first, "-o", tmp_path / "a.sbatch", "--root", root)
+    assert ok.returncode == 0, ok.stderr
+    again = _clipcl("sbatch", first, "-o", tmp_path / "a2.sbatch", "--root", root)
+    assert again.returncode == 0, again.stderr  # the same file again is the same sweep
+    proc = _clipcl("sbatch", second, "-o", tmp_path / "b.sbatch", "--root", root)
+    _assert_user_error(proc, [str(first), str(second), "rename the sweep"])
+    assert not (tmp_path / "b.sbatch").exists()
 
 
 # --------------------------------------------------------------------------------------------

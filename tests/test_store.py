@@ -195,6 +195,21 @@ def test_record_sweep_is_idempotent(tmp_path: Path) -> None:
     assert count == 2
 
 
+def test_record_sweep_refuses_a_second_file_with_the_same_name(tmp_path: Path) -> None:
+    a, b = str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")
+    with ResultsStore(tmp_path) as store:
+        store.record_sweep("s", a, {"x": 1}, [record("c0")], provenance={})
+        with pytest.raises(ClipclError) as info:
+            store.record_sweep("s", b, {"x": 2}, [record("c1")], provenance={})
+        message = str(info.value)
+        assert a in message and b in message and "rename" in message, message
+        assert [r.chain_id for r in store.chain_progress("s")] == ["c0"]  # nothing merged
+        store.record_sweep("s", a, {"x": 1}, [record("c0")], provenance={})  # re-submission
+        store.record_sweep("s", a, {"x": 3}, [record("c0"), record("c2")], provenance={})  # edit
+        store.record_sweep("s", b, {"x": 3}, [record("c0")], provenance={})  # a copy of it
+        assert [r.chain_id for r in store.chain_progress("s")] == ["c0", "c2"]
+
+
 def test_chain_progress_counts(tmp_path: Path) -> None:
     for k, finished in enumerate([0, 1, 3]):
         write_chain(tmp_path, f"c{k}", finished=finished, seed=k)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from clipcl.errors import ClipclError
+from clipcl.resources import Resources
 from clipcl.sweeps import expand, load_sweep
 
 DATA = Path(__file__).parent / "data" / "sweeps"
@@ -62,7 +63,20 @@ def test_expansion_is_deterministic() -> None:
 def test_every_shipped_sweep_loads_and_expands() -> None:
     files = sorted((REPO / "sweeps").glob("*.yaml"))
     for path in files:
-        assert expand(load_sweep(path), str(path)), path
+        sweep = load_sweep(path)
+        assert expand(sweep, str(path)), path
+        # the repository's runs/ (where `make demo` and the README look), from any directory
+        assert sweep.run_root(path) == REPO / "runs" / sweep.name, path
+
+
+def test_readme_sweep_example_loads_and_expands(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Sweeps") :]
+    example = section[section.index("```yaml\n") + 8 : section.index("```\n", 8)]
+    path = tmp_path / "lr-study.yaml"
+    path.write_text(example)
+    chains = expand(load_sweep(path), str(path))
+    assert {e.method for e in chains} == {"zeroshot", "finetune"}
 
 
 BASE = """name: bad
@@ -109,6 +123,107 @@ BAD = {
     "duplicate-chain": (BASE + "grid: {train.lr: [1.0e-3, 1.0e-3]}\n", "duplicate chain"),
     "unknown-model": (BASE + "model: {arch: tinyy}\n", "did you mean 'tiny'"),
     "train-section-type": (BASE + "train: 5\n", "train"),
+    # bools are not numbers, numbers are finite, a key is written once
+    "iterations-bool": (BASE + "train: {iterations: true}\n", "train.iterations"),
+    "seeds-bool": (BASE.replace("seeds: [0]", "seeds: [true]"), "seeds"),
+    "keep-checkpoints-bool": (BASE + "keep_checkpoints: false\n", "keep_checkpoints"),
+    "lr-inf": (BASE + "train: {lr: .inf}\n", "train.lr"),
+    "lr-nan-in-grid": (BASE + "grid: {train.lr: [.nan]}\n", "train.lr"),
+    "mem-inf": (BASE + "resources: {mem_gb: .inf}\n", "resources.mem_gb"),
+    "resources-bool": (BASE + "resources: {gpus: true}\n", "resources.gpus"),
+    "method-knob-bool": (
+        BASE.replace("finetune: {}", "gpm: {threshold: true}"),
+        "method.threshold",
+    ),
+    # grid keys that change a chain's identity have their own place in the sweep
+    "grid-benchmark": (
+        BASE + "grid: {benchmark: [mini-cil]}\n",
+        "grid.benchmark: a chain's benchmark is not a grid key; list benchmarks in 'benchmarks:'",
+    ),
+    "grid-method-name": (
+        BASE + "grid: {method.name: [zeroshot]}\n",
+        "grid.method.name: a chain's method is not a grid key; list methods under 'methods:'",
+    ),
+    "grid-method-section": (
+        BASE + "grid: {method: [{name: zeroshot}]}\n",
+        "list methods under 'methods:'",
+    ),
+    "grid-seed": (BASE + "grid: {seed: [1, 2]}\n", "grid.seed: a chain's seed is not a grid key"),
+    "zip-seed": (
+        BASE + "zip: [{seed: [1, 2], train.lr: [1.0e-3, 1.0e-4]}]\n",
+        "zip[0].seed: a chain's seed is not a grid key; list seeds in 'seeds:'",
+    ),
+    "method-grid-benchmark": (
+        BASE.replace("finetune: {}", "finetune: {grid: {benchmark: [mini-cil]}}"),
+        "methods.finetune.grid.benchmark: a chain's benchmark is not a grid key",
+    ),
+    # a method's own grid gets the checks of the top-level one
+    "method-grid-empty": (
+        BASE.replace("finetune: {}", "finetune: {grid: {train.lr: []}}"),
+        "methods.finetune.grid: grid key 'train.lr' has an empty list of values",
+    ),
+    "method-grid-string": (
+        BASE.replace("finetune: {}", "finetune: {grid: {train.batch_size: '16'}}"),
+        "methods.finetune.grid.train.batch_size",
+    ),
+    "method-grid-scalar": (
+        BASE.replace("finetune: {}", "finetune: {grid: {train.batch_size: 16}}"),
+        "methods.finetune.grid.train.batch_size",
+    ),
+    "method-grid-not-a-mapping": (
+        BASE.replace("finetune: {}", "finetune: {grid: [train.lr]}"),
+        "methods.finetune.grid",
+    ),
+    "method-train-not-a-mapping": (
+        BASE.replace("finetune: {}", "finetune: {train: 5}"),
+        "methods.finetune.train",
+    ),
+    "method-grid-varied-twice": (
+        BASE.replace("finetune: {}", "finetune: {grid: {train.lr: [1.0e-3]}}")
+        + "grid: {train.lr: [1.0e-4]}\n",
+        "key 'train.lr' is varied twice (grid and methods.finetune.grid)",
+    ),
+    "method-grid-and-zip": (
+        BASE.replace("finetune: {}", "finetune: {grid: {train.lr: [1.0e-3]}}")
+        + "zip: [{train.lr: [1.0e-4]}]\n",
+        "key 'train.lr' is varied twice (zip[0] and methods.finetune.grid)",
+    ),
+    # a fixed value that a grid or zip always overrides never takes effect
+    "method-train-overridden-by-zip": (
+        BASE.replace("finetune: {}", "finetune: {train: {warmup_steps: 20}}")
+        + "zip: [{train.iterations: [10, 20], train.warmup_steps: [1, 2]}]\n",
+        "methods.finetune.train.warmup_steps: 20 never takes effect: zip[0] varies "
+        "train.warmup_steps",
+    ),
+    "method-knob-overridden-by-its-grid": (
+        BASE.replace(
+            "finetune: {}",
+            "finetune: {train_mode: whole, grid: {method.train_mode: [image, text]}}",
+        ),
+        "methods.finetune.train_mode: 'whole' never takes effect: methods.finetune.grid varies "
+        "method.train_mode",
+    ),
+    "sweep-train-overridden-by-grid": (
+        BASE + "train: {lr: 1.0e-3}\ngrid: {train.lr: [1.0e-4, 1.0e-5]}\n",
+        "train.lr: 0.001 never takes effect: grid varies train.lr",
+    ),
+    "sweep-train-overridden-by-method-train": (
+        BASE.replace("finetune: {}", "finetune: {train: {lr: 1.0e-4}}") + "train: {lr: 1.0e-3}\n",
+        "train.lr: 0.001 never takes effect: methods.finetune.train sets train.lr",
+    ),
+    "model-overridden-by-grid": (
+        BASE + "model: {arch: tiny}\ngrid: {model.arch: [tiny, ViT-B-16]}\n",
+        "model.arch: 'tiny' never takes effect: grid varies model.arch",
+    ),
+    "epochs-without-unsetting-iterations": (
+        BASE + "train: {epochs: 1}\n",
+        "train.epochs replaces train.iterations: set iterations: null",
+    ),
+    "duplicate-top-key": (BASE + "seeds: [1]\n", "duplicate key 'seeds' (line 5"),
+    "duplicate-nested-key": (
+        BASE + "train: {lr: 1.0e-3, lr: 1.0e-4}\n",
+        "duplicate key 'lr' (line 5",
+    ),
 }
 
 
@@ -123,6 +238,44 @@ def test_bad_sweep_is_one_clear_error(tmp_path: Path, case: str) -> None:
     assert str(path) in message, message
     assert expected in message, message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        ({"mem_gb": float("inf")}, "resources.mem_gb: expected a finite number > 0, got inf"),
+        ({"gpus": True}, "resources.gpus: expected an integer >= 0, got True"),
+    ],
+)
+def test_resources_built_directly_refuse_bools_and_infinity(kw: dict, expected: str) -> None:
+    with pytest.raises(ClipclError) as info:
+        Resources(**kw)
+    assert str(info.value) == expected
+
+
+@pytest.mark.parametrize(
+    ("root", "where"),
+    [("../runs/s", "runs/s"), ("out", "sweeps/out"), ("~/r", "home/r"), ("'~'", "home")],
+)
+def test_run_root_is_relative_to_the_sweep_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root: str, where: str
+) -> None:
+    """A relative root is the sweep file's directory's, whatever the working directory; '~'
+    is the home directory. status and results look there too."""
+    from clipcl.orchestrator.plan import load_entries
+    from tests.helpers import clipcl_inprocess
+
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    path = tmp_path / "sweeps" / "s.yaml"
+    path.write_text(BASE + f"root: {root}\n")
+    expected = (tmp_path / where).resolve()
+    assert load_entries(Path("../sweeps/s.yaml"))[2] == expected
+    status = clipcl_inprocess("status", "../sweeps/s.yaml")
+    assert f"no results store under {expected} " in status.stderr, status.stderr
+    assert not list((tmp_path / "elsewhere").iterdir())  # nothing written here
 
 
 def test_missing_sweep_file(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clipcl.errors import ClipclError
-from clipcl.validation import format_validation_error
+from clipcl.validation import StrictNumbers, format_validation_error
 
 __all__ = ["Resources"]
 
@@ -51,13 +51,13 @@ def _message(err: ValidationError, model: Any) -> str:
             bound = f" >= {limit.ge}"
         elif getattr(limit, "gt", None) is not None:
             bound = f" > {limit.gt}"
-    if not (integer or e["type"].startswith(("greater", "less"))):
-        bound = ""  # a number of the wrong type: say only that
-    kind = "an integer" if integer else "a number"
+    if not (integer or e["type"].startswith(("greater", "less", "value_error"))):
+        bound = ""  # not a number at all: say only that
+    kind = "an integer" if integer else "a finite number"
     return f"resources.{name}: expected {kind}{bound}, got {e.get('input')!r}"
 
 
-class Resources(BaseModel, metaclass=_ClipclErrors):
+class Resources(StrictNumbers, metaclass=_ClipclErrors):
     """What one chain needs from a backend (the sweep file's ``resources``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, ValidationInfo, field_validator
 
 from clipcl.errors import ClipclError, did_you_mean
 
@@ -27,6 +29,53 @@ def parse_scalar(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def _admits(annotation: Any, kinds: tuple[type, ...], any_: bool = True) -> bool:
+    """Whether ``annotation`` (or a type nested in it: ``X | None``, ``dict[str, X]``, ...) is
+    one of ``kinds`` (or ``Any``, with ``any_``)."""
+    if (any_ and annotation is Any) or annotation in kinds:
+        return True
+    return any(_admits(arg, kinds, any_) for arg in typing.get_args(annotation))
+
+
+def _leaves(value: Any):
+    """``value`` and every value nested in its lists, tuples and mappings."""
+    yield value
+    children = value.values() if isinstance(value, Mapping) else value
+    if isinstance(value, Mapping | list | tuple):
+        for child in children:
+            yield from _leaves(child)
+
+
+class StrictNumbers(BaseModel):
+    """Mixin of the config models: a bool is not a number and a number is finite.
+
+    pydantic reads ``true`` as ``1`` for an ``int`` field and accepts ``inf``/``nan`` for a
+    ``float`` one; neither is ever what a config means. Fields typed ``bool`` (or ``Any``) keep
+    their booleans.
+    """
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools(cls, value: Any, info: ValidationInfo) -> Any:
+        ann = cls.model_fields[info.field_name or ""].annotation
+        if _admits(ann, (bool,)) or not _admits(ann, (int, float)):
+            return value
+        if any(isinstance(v, bool) for v in _leaves(value)):
+            kind = "a number" if _admits(ann, (float,)) else "an integer"
+            raise ValueError(f"expected {kind}, not a boolean")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite(cls, value: Any, info: ValidationInfo) -> Any:
+        ann = cls.model_fields[info.field_name or ""].annotation
+        if not _admits(ann, (float,), any_=False):  # untyped values are checked where typed
+            return value
+        if any(isinstance(v, float) and not math.isfinite(v) for v in _leaves(value)):
+            raise ValueError("expected a finite number")
+        return value
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any, source: str) -> None:
@@ -84,7 +133,7 @@ def format_validation_error(
         return f"{source}: missing required key '{key}'"
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "value_error" and isinstance(e.get("input"), dict):
-        return f"{source}: {key or 'spec'}: {msg}"  # a check across several keys
+        return f"{source}: {key + ': ' if key else ''}{msg}"  # a check across several keys
     return f"{source}: {key}: {msg} (got {e.get('input')!r})"
 
 

@@ -41,7 +41,7 @@ def sbatch(
             max_array = 1001
     with ResultsStore(root) as store:
         store.record_sweep(
-            sweep.name, str(sweep_file), sweep.model_dump(mode="json"), the_plan.records()
+            sweep.name, str(sweep_file.resolve()), sweep.model_dump(mode="json"), the_plan.records()
         )
     written = write_sbatch_scripts(
         sweep,

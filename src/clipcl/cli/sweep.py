@@ -132,7 +132,7 @@ def submit(
     preflight_data(sweep, data_root, refuse=True)
     with ResultsStore(root) as store:
         store.record_sweep(
-            sweep.name, str(sweep_file), sweep.model_dump(mode="json"), the_plan.records()
+            sweep.name, str(sweep_file.resolve()), sweep.model_dump(mode="json"), the_plan.records()
         )
         store.ingest_root(root)
     _say_corrupt(the_plan)
@@ -259,7 +259,7 @@ def _root_for(sweep: str | None, root: Path | None) -> Path:
     if path is not None:
         from clipcl.sweeps import load_sweep
 
-        return Path(load_sweep(path).root)
+        return load_sweep(path).run_root(path)
     return Path("runs")
 
 

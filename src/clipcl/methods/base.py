@@ -45,15 +45,17 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from torch.utils.data import DataLoader
 
 from clipcl.data import Benchmark, Task
 from clipcl.models import ClipModel
+from clipcl.validation import StrictNumbers
 
 
-class MethodConfig(BaseModel):
-    """Base of every method's knobs: strict (unknown keys and wrong types fail at load)."""
+class MethodConfig(StrictNumbers):
+    """Base of every method's knobs: strict (unknown keys and wrong types fail at load; a bool
+    is not a number and numbers are finite)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -163,7 +163,7 @@ def load_entries(sweep_file: Path, root: Path | None = None) -> tuple[Any, list[
 
     sweep = load_sweep(sweep_file)
     entries = expand(sweep, str(sweep_file))
-    return sweep, entries, (Path(root) if root is not None else Path(sweep.root))
+    return sweep, entries, (Path(root) if root is not None else sweep.run_root(sweep_file))
 
 
 def _remembered(root: Path) -> dict[str, Any]:

@@ -77,6 +77,14 @@ def _progress_fields(row: tuple[Any, ...]) -> dict[str, Any]:
     return out
 
 
+def _other_sweep(old_source: str | None, old_config: str, source: str | None, config: str) -> bool:
+    """Whether a sweep recorded from ``old_source`` is another one than ``source`` describes:
+    both files are known and differ, and so do their configs (sources compare as paths)."""
+    if old_source is None or source is None or old_config == config:
+        return False
+    return Path(old_source).resolve() != Path(source).resolve()
+
+
 class ResultsStore:
     """The SQLite results store of one run root; one connection per instance.
 
@@ -128,16 +136,31 @@ class ResultsStore:
         New chains start in state ``new``; known chains keep their state, attempts and job
         while their description (method, settings, spec, ...) is refreshed; a chain is linked
         to the sweep once. ``provenance`` defaults to :func:`collect_provenance` of ``config``.
+        The recorded file may be edited and recorded again, and an identical copy may take
+        its place, but another file with other settings cannot join the sweep.
+
+        Raises:
+            ClipclError: ``name`` is recorded from another source file with another config.
         """
         now = time.time()
         prov = collect_provenance(config) if provenance is None else provenance
+        config_json = json.dumps(config, sort_keys=True, default=str)
         with self._write() as c:
+            row = c.execute(
+                "SELECT source, config_json FROM sweeps WHERE name = ?", (name,)
+            ).fetchone()
+            if row is not None and _other_sweep(row[0], row[1], source, config_json):
+                raise ClipclError(
+                    f"sweep '{name}' under {self.root} was recorded from {row[0]}, with other "
+                    f"settings than {source}; two files would merge into one sweep: rename "
+                    f"the sweep (name:) or use another root"
+                )
             c.execute(
                 "INSERT INTO sweeps (name, source, config_json, created, updated) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
                 "source = excluded.source, config_json = excluded.config_json, "
                 "updated = excluded.updated",
-                (name, source, json.dumps(config, sort_keys=True, default=str), now, now),
+                (name, source, config_json, now, now),
             )
             for rec in chains:
                 upsert_chain(c, rec, replace=True)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from clipcl.resources import Resources
+from clipcl.validation import StrictNumbers
 
 #: ``#SBATCH`` options clipcl sets itself; the message says which field to use instead.
 MANAGED_FLAGS: dict[str, str] = {
@@ -47,7 +48,7 @@ def _no_control(value: str, what: str) -> str:
     return value
 
 
-class SlurmSettings(BaseModel):
+class SlurmSettings(StrictNumbers):
     """Cluster-specific settings of a sweep (``slurm:`` in the sweep file)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

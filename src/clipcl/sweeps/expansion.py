@@ -71,14 +71,11 @@ def expand(sweep: SweepFile, source: str = "sweep") -> list[ChainEntry]:
     entries: list[ChainEntry] = []
     seen: dict[str, ChainEntry] = {}
     for benchmark in sweep.benchmarks:
-        for method, settings in sweep.methods.items():
-            settings = dict(settings or {})
-            method_grid = settings.pop("grid", {}) or {}
-            if not isinstance(method_grid, dict):
-                raise ClipclError(f"{source}: methods.{method}.grid: expected a mapping")
-            train = {**sweep.train, **(settings.pop("train", {}) or {})}
-            eval_ = {**sweep.eval, **(settings.pop("eval", {}) or {})}
-            grid = {**sweep.grid, **method_grid}
+        for method, method_settings in sweep.methods.items():
+            settings = method_settings.knobs
+            train = {**sweep.train, **method_settings.train}
+            eval_ = {**sweep.eval, **method_settings.eval}
+            grid = {**sweep.grid, **method_settings.grid}  # the schema refuses a key in both
             try:
                 trains = method_class(method).trains
             except ClipclError as exc:

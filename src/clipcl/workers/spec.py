@@ -9,13 +9,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from clipcl.data import benchmark_info
 from clipcl.errors import ClipclError, did_you_mean
 from clipcl.methods import MethodConfig, method_class
 from clipcl.models import ModelConfig, Precision, default_pretrained, resolve_arch
-from clipcl.validation import apply_overrides, validate
+from clipcl.validation import StrictNumbers, apply_overrides, validate
 
 T = TypeVar("T")
 
@@ -28,7 +28,7 @@ def _named(source: str, key: str, lookup: Callable[[str], T], value: str) -> T:
         raise ClipclError(f"{source}: {key}: {exc}") from None
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(StrictNumbers):
     """Optimisation knobs shared by every training method (ZSCL's MTIL defaults)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -96,8 +96,14 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainConfig:
-        if (self.iterations is None) == (self.epochs is None):
-            raise ValueError("set exactly one of train.iterations and train.epochs")
+        if self.iterations is not None and self.epochs is not None:
+            raise ValueError(
+                f"train.epochs replaces train.iterations: set iterations: null in the file's "
+                f"train section (or --set train.iterations=null) to train {self.epochs} epochs "
+                f"per task (iterations is {self.iterations}, perhaps a default)"
+            )
+        if self.iterations is None and self.epochs is None:
+            raise ValueError("set one of train.iterations and train.epochs")
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise ValueError(f"lr_milestones must lie in (0, 1), got {list(self.lr_milestones)}")
         return self
@@ -127,7 +133,7 @@ def _json_default(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(StrictNumbers):
     """Evaluation knobs."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -164,7 +170,7 @@ class MethodSpec:
         return {"name": self.name, **self.config.model_dump(mode="json")}
 
 
-class ChainSpec(BaseModel):
+class ChainSpec(StrictNumbers):
     """One chain: a model trained task after task over a benchmark by one method and seed.
 
     ``method`` holds ``name`` plus that method's config keys (validated by the method's config
