@@ -358,3 +358,18 @@ def test_console_script_usage_error_and_version() -> None:
     _assert_user_error(proc, ["--protocol"])
     version = _clipcl_subprocess("--version")
     assert version.returncode == 0 and version.stdout.startswith("clipcl ")
+
+
+def test_submit_of_a_huge_sweep_asks_for_yes_before_writing(tmp_path: Path) -> None:
+    from clipcl.orchestrator.plan import CONFIRM_ABOVE_CHAINS
+
+    chains = CONFIRM_ABOVE_CHAINS + 1
+    root = tmp_path / "runs"
+    sweep = tmp_path / "huge.yaml"
+    sweep.write_text(
+        f"name: huge\nroot: {root}\nbenchmarks: [smoke]\nmethods: {{zeroshot: {{}}}}\n"
+        f"seeds: [{', '.join(map(str, range(chains)))}]\n"
+    )
+    proc = _clipcl("submit", sweep)
+    _assert_user_error(proc, [str(sweep), f"{chains} chains", "--yes"])
+    assert not root.exists()

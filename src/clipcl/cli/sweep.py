@@ -19,6 +19,7 @@ from rich.table import Table
 
 from clipcl.cli.common import app, err, out
 from clipcl.errors import ClipclError
+from clipcl.orchestrator.plan import CONFIRM_ABOVE_CHAINS
 
 
 def _data_root(sweep, flag: str | None) -> str | None:
@@ -119,6 +120,9 @@ def submit(
         None, "--ray-address", help="ray: cluster address (default: start a local Ray)."
     ),
     data_root: str | None = typer.Option(None, "--data-root", help="Root of local datasets."),
+    yes: bool = typer.Option(
+        False, "--yes", help=f"Submit a sweep of more than {CONFIRM_ABOVE_CHAINS} chains."
+    ),
 ) -> None:
     """Record a sweep in the store and dispatch every chain that is not finished."""
     from clipcl.orchestrator.backends import BackendOptions, backend_class, check_backend_name
@@ -126,7 +130,7 @@ def submit(
     from clipcl.results.store import ResultsStore
 
     check_backend_name(backend)
-    the_plan = make_plan(sweep_file, root, ask_backends=True)
+    the_plan = make_plan(sweep_file, root, ask_backends=True, confirmed=yes)
     sweep, root = the_plan.sweep, the_plan.root
     data_root = _data_root(sweep, data_root)
     preflight_data(sweep, data_root, refuse=True)

@@ -14,8 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clipcl.errors import ClipclError
 from clipcl.orchestrator.state import ACTIVE, Reconciled, reconcile
 from clipcl.results.records import RunDir
+
+#: Sweeps with more chains than this are submitted only when the user confirms (``--yes``).
+CONFIRM_ABOVE_CHAINS = 20_000
 
 #: Store states that stand in for a job nobody is asked about (the plan shows them).
 _REMEMBERED = frozenset({"running", "queued", "failed", "cancelled"})
@@ -191,6 +195,7 @@ def plan(
     root: Path | None = None,
     *,
     ask_backends: bool = False,
+    confirmed: bool = True,
 ) -> Plan:
     """The plan of a sweep file under ``root`` (default: the sweep's own).
 
@@ -199,10 +204,20 @@ def plan(
         root: The run root.
         ask_backends: First ask schedulers (Slurm) about the chains the store says are queued
             or running, so chains with a live job count as owned (records their answers).
+        confirmed: False: refuse a sweep of more than :data:`CONFIRM_ABOVE_CHAINS` chains
+            right after expanding it, before anything is read or written.
+
+    Raises:
+        ClipclError: The sweep is invalid, or it is too large and not ``confirmed``.
     """
     from clipcl.orchestrator.coordinators import live_coordinators
 
     sweep, entries, root = load_entries(sweep_file, root)
+    if not confirmed and len(entries) > CONFIRM_ABOVE_CHAINS:
+        raise ClipclError(
+            f"{sweep_file}: the sweep expands to {len(entries)} chains (more than "
+            f"{CONFIRM_ABOVE_CHAINS}); pass --yes to submit them all"
+        )
     if ask_backends:
         _refresh_backends(root)
     stored = _remembered(root)
