@@ -26,7 +26,7 @@ def _data_root(sweep, flag: str | None) -> str | None:
     """The data root of a submission: ``--data-root``, else the sweep's, else the environment."""
     import os
 
-    from clipcl.data.real.benchmarks import DATA_ROOT_ENV
+    from clipcl.data.catalog import DATA_ROOT_ENV
 
     root = flag or sweep.data_root or os.environ.get(DATA_ROOT_ENV)
     return str(Path(root).expanduser().resolve()) if root else None
@@ -38,6 +38,10 @@ def preflight_data(sweep, data_root: str | None, *, refuse: bool) -> bool:
     ``refuse``: raise ``ClipclError`` (nothing is submitted) when anything is missing.
     Returns whether everything is present.
     """
+    from clipcl.data.catalog import EMBEDDED_BENCHMARKS
+
+    if EMBEDDED_BENCHMARKS.issuperset(sweep.benchmarks):
+        return True  # generated in memory: no datasets (and no torch import to find that out)
     from clipcl.cli.data import report_checks
     from clipcl.data.real import get_dataset
     from clipcl.data.real.benchmarks import BENCHMARK_DATASETS, resolve_data_root

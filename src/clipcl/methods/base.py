@@ -45,17 +45,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch.utils.data import DataLoader
 
 from clipcl.data import Benchmark, Task
+from clipcl.methods.configs import MethodConfig  # noqa: F401  (re-exported)
 from clipcl.models import ClipModel
-
-
-class MethodConfig(BaseModel):
-    """Base of every method's knobs: strict (unknown keys and wrong types fail at load)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)

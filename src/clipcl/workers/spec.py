@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clipcl.data import benchmark_info
 from clipcl.errors import ClipclError, did_you_mean
-from clipcl.methods import MethodConfig, method_class
-from clipcl.models import ModelConfig, Precision, default_pretrained, resolve_arch
+from clipcl.methods import MethodConfig, method_info
+from clipcl.models.config import ModelConfig, Precision, default_pretrained, resolve_arch
 from clipcl.validation import apply_overrides, validate
 
 T = TypeVar("T")
@@ -132,8 +132,8 @@ class MethodSpec:
         Raises:
             ClipclError: The method is unknown or a knob is (naming ``source`` and the key).
         """
-        method_cls = _named(source, "method.name", method_class, name)
-        config = validate(method_cls.Config, knobs, source, prefix="method")
+        info = _named(source, "method.name", method_info, name)
+        config = validate(info.config, knobs, source, prefix="method")
         return cls(name, config)
 
     def as_json(self) -> dict[str, Any]:
@@ -194,12 +194,15 @@ class ChainSpec(BaseModel):
     ) -> ChainSpec:
         """Validate raw data (plus ``key=value`` overrides) into a resolved spec or raise
         ``ClipclError`` naming the source, the key and what is allowed."""
-        raw = apply_overrides(dict(data), overrides)
+        # Without overrides a shallow copy will do: below, sections are replaced, never edited
+        # (deep-copying every chain's spec was a quarter of expanding a sweep).
+        raw = apply_overrides(dict(data), overrides) if overrides else dict(data)
         model = raw.get("model")
         if isinstance(model, dict) and model.get("pretrained") is None:
             # Unnamed weights: the architecture's default (packaged tiny CLIP, OpenAI's, none).
             arch = model.get("arch", ModelConfig.model_fields["arch"].default)
-            model["pretrained"] = _named(source, "model.arch", default_pretrained, str(arch))
+            pretrained = _named(source, "model.arch", default_pretrained, str(arch))
+            raw["model"] = {**model, "pretrained": pretrained}
         method = raw.get("method")
         if isinstance(method, str):
             method = {"name": method}
@@ -208,7 +211,7 @@ class ChainSpec(BaseModel):
         knobs = {k: v for k, v in method.items() if k != "name"}
         method_spec = MethodSpec.resolve(str(method["name"]), knobs, source)
         raw["method"] = method_spec.as_json()
-        cls_ = method_class(method_spec.name)
+        cls_ = method_info(method_spec.name)
         info = None
         if "benchmark" in raw:
             info = _named(source, "benchmark", benchmark_info, str(raw["benchmark"]))

@@ -12,12 +12,11 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from clipcl.data.catalog import DATA_ROOT_ENV
 from clipcl.data.real.base import Check, SubsetDataset, dataset_labels, get_dataset
 from clipcl.data.real.cache import load_splits
 from clipcl.data.task import Benchmark, Task, register_benchmark
 from clipcl.errors import ClipclError
-
-DATA_ROOT_ENV = "CLIPCL_DATA_ROOT"
 
 MTIL_ORDER_I = (
     "Aircraft",
