@@ -45,3 +45,16 @@ def test_clipcl_plan_does_not_import_torch(tmp_path: Path) -> None:
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
     assert not imported.intersection(HEAVY), sorted(imported.intersection(HEAVY))
     assert "clipcl.orchestrator.plan" in imported  # the importtime listing is really there
+
+
+def test_torch_free_arch_list_matches_open_clip() -> None:
+    import open_clip
+
+    from clipcl.models import config
+    from clipcl.models.factory import register_project_configs
+
+    register_project_configs()
+    assert set(open_clip.list_models()) >= config._shipped_archs()
+    tags = open_clip.list_pretrained_tags_by_model
+    openai = {m for m in open_clip.list_models() if "openai" in tags(m)}
+    assert openai == config.OPENAI_ARCHS
