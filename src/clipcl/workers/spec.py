@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from clipcl.data import benchmark_info
 from clipcl.errors import ClipclError, did_you_mean
 from clipcl.methods import MethodConfig, method_info
+from clipcl.methods.catalog import catalogued
 from clipcl.models.config import ModelConfig, Precision, default_pretrained, resolve_arch
 from clipcl.validation import apply_overrides, validate
 
@@ -132,14 +134,28 @@ class MethodSpec:
         Raises:
             ClipclError: The method is unknown or a knob is (naming ``source`` and the key).
         """
+        key = None  # the sweep's chains mostly share their method settings: validate each once
+        if name in catalogued():
+            with contextlib.suppress(TypeError, ValueError):  # not JSON: validate every time
+                key = (name, json.dumps(dict(knobs), sort_keys=True))
+        if key in _RESOLVED:
+            return _RESOLVED[key]
         info = _named(source, "method.name", method_info, name)
         config = validate(info.config, knobs, source, prefix="method")
-        return cls(name, config)
+        resolved = cls(name, config)
+        if key is not None and len(_RESOLVED) < _RESOLVED_MAX:
+            _RESOLVED[key] = resolved
+        return resolved
 
     def as_json(self) -> dict[str, Any]:
         """``{"name": ..., **config}`` as JSON data: what ``ChainSpec.method`` stores (and
         hashes into the chain id)."""
         return {"name": self.name, **self.config.model_dump(mode="json")}
+
+
+#: (method name, its knobs as sorted JSON) → the validated method (frozen, so shared).
+_RESOLVED: dict[tuple[str, str], MethodSpec] = {}
+_RESOLVED_MAX = 10_000
 
 
 class ChainSpec(BaseModel):
