@@ -38,13 +38,7 @@ def preflight_data(sweep, data_root: str | None, *, refuse: bool) -> bool:
     ``refuse``: raise ``ClipclError`` (nothing is submitted) when anything is missing.
     Returns whether everything is present.
     """
-    from clipcl.data.catalog import EMBEDDED_BENCHMARKS
-
-    if EMBEDDED_BENCHMARKS.issuperset(sweep.benchmarks):
-        return True  # generated in memory: no datasets (and no torch import to find that out)
-    from clipcl.cli.data import report_checks
-    from clipcl.data.real import get_dataset
-    from clipcl.data.real.benchmarks import BENCHMARK_DATASETS, resolve_data_root
+    from clipcl.data.catalog import BENCHMARK_DATASETS
 
     needed = sorted({d for b in sweep.benchmarks for d in BENCHMARK_DATASETS.get(b, ())})
     if not needed:
@@ -53,6 +47,10 @@ def preflight_data(sweep, data_root: str | None, *, refuse: bool) -> bool:
     if data_root is None and not refuse:
         out.print(f"datasets not checked ({', '.join(needed)}): no --data-root given")
         return False
+    from clipcl.cli.data import report_checks  # the dataset readers (torch): only to check
+    from clipcl.data.real import get_dataset
+    from clipcl.data.real.benchmarks import resolve_data_root
+
     root = resolve_data_root(data_root, real[0])
     ok = report_checks([get_dataset(n).check(root) for n in needed], root)
     if not ok and refuse:

@@ -18,9 +18,6 @@ Protocol = Literal["til", "cil"]
 #: Environment variable naming the root of the local datasets (real benchmarks).
 DATA_ROOT_ENV = "CLIPCL_DATA_ROOT"
 
-#: Benchmarks generated in memory: they read no datasets (nothing to check before a submit).
-EMBEDDED_BENCHMARKS = frozenset({"mini-mtil", "mini-mtil-order2", "mini-cil", "smoke"})
-
 
 @dataclass(frozen=True)
 class BenchmarkInfo:
@@ -36,14 +33,25 @@ _MINI_TRAIN = {"iterations": 100, "batch_size": 32, "lr": 1e-4, "warmup_steps": 
 _MINI_DOMAINS = ("colored-shapes", "colors", "counts", "digits", "letters", "positions")
 _MINI_ORDER_I = (*_MINI_DOMAINS, "shapes", "textures")
 _MINI_ORDER_II = ("letters", "colors", "textures", "colored-shapes", "digits", "positions")
-_MTIL_ORDER_I = (
+MTIL_ORDER_I = (
     *("Aircraft", "Caltech101", "CIFAR100", "DTD", "EuroSAT", "Flowers", "Food", "MNIST"),
     *("OxfordPet", "StanfordCars", "SUN397"),
 )
-_MTIL_ORDER_II = (
+MTIL_ORDER_II = (
     *("StanfordCars", "Food", "MNIST", "OxfordPet", "Flowers", "SUN397", "Aircraft"),
     *("Caltech101", "DTD", "EuroSAT", "CIFAR100"),
 )
+
+
+#: benchmark name → the real datasets it reads (the others are generated in memory).
+BENCHMARK_DATASETS: dict[str, tuple[str, ...]] = {
+    "mtil": MTIL_ORDER_I,
+    "mtil-order2": MTIL_ORDER_II,
+    **{f"cifar100-b0inc{i}": ("CIFAR100",) for i in (10, 5, 2)},
+    **{f"tinyimagenet-b100inc{i}": ("TinyImageNet",) for i in (5, 10, 20)},
+    "imagenet-r-10split": ("ImageNet-R",),
+    "domainnet-10split": ("DomainNet200",),
+}
 
 
 def _cil_names(num_classes: int, initial: int, increment: int) -> tuple[str, ...]:
@@ -58,8 +66,8 @@ def _builtin() -> dict[str, BenchmarkInfo]:
             "mini-mtil-order2", "til", (*_MINI_ORDER_II, "shapes", "counts"), _MINI_TRAIN
         ),
         BenchmarkInfo("mini-cil", "cil", tuple(f"cs-{i + 1}" for i in range(6)), _MINI_TRAIN),
-        BenchmarkInfo("mtil", "til", _MTIL_ORDER_I),
-        BenchmarkInfo("mtil-order2", "til", _MTIL_ORDER_II),
+        BenchmarkInfo("mtil", "til", MTIL_ORDER_I),
+        BenchmarkInfo("mtil-order2", "til", MTIL_ORDER_II),
         *(BenchmarkInfo(f"cifar100-b0inc{i}", "cil", _cil_names(100, i, i)) for i in (10, 5, 2)),
         *(
             BenchmarkInfo(f"tinyimagenet-b100inc{i}", "cil", _cil_names(200, 100, i))
