@@ -375,6 +375,12 @@ def _huge_sweep(tmp_path: Path, benchmark: str) -> tuple[Path, Path, int]:
 
 def test_submit_of_a_huge_sweep_asks_for_yes_before_writing(tmp_path: Path) -> None:
     sweep, root, chains = _huge_sweep(tmp_path, "smoke")
+    import inspect
+
+    from clipcl.cli.sweep import submit
+
+    help_text = inspect.signature(submit).parameters["yes"].default.help
+    assert f"{chains - 1:,}".replace(",", " ") in help_text  # --yes names the real threshold
     proc = _clipcl("submit", sweep)
     _assert_user_error(proc, [str(sweep), f"{chains} chains", "--yes"])
     assert not root.exists()

@@ -19,7 +19,6 @@ from rich.table import Table
 
 from clipcl.cli.common import app, err, out
 from clipcl.errors import ClipclError
-from clipcl.orchestrator.plan import CONFIRM_ABOVE_CHAINS
 
 
 def _data_root(sweep, flag: str | None) -> str | None:
@@ -123,7 +122,11 @@ def submit(
     ),
     data_root: str | None = typer.Option(None, "--data-root", help="Root of local datasets."),
     yes: bool = typer.Option(
-        False, "--yes", help=f"Submit a sweep of more than {CONFIRM_ABOVE_CHAINS} chains."
+        # (the number is orchestrator.plan.CONFIRM_ABOVE_CHAINS: not imported here, so that
+        # loading the command line stays cheap)
+        False,
+        "--yes",
+        help="Submit a sweep of more than 20 000 chains.",
     ),
 ) -> None:
     """Record a sweep in the store and dispatch every chain that is not finished."""
