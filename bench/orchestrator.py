@@ -5,19 +5,20 @@
 2. Planning a 10 000-chain sweep: load + expand + per-chain state lookup (goal < 2 s).
 3. ``status`` on 10 000 chains: ingest + progress query + table (goal < 1 s).
 4. The results table from 1 000 000 evaluation rows (goal < 3 s): runs bench/results_table.py.
+5. ``clipcl plan`` as a whole process (imports included) for 10 000 chains (goal < 2 s) and
+   100 000 chains (goal < 15 s and < 1 GB max RSS).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import torch
 
 
 def _sweep(path: Path, chains: int, iterations: int) -> None:
@@ -30,6 +31,8 @@ def _sweep(path: Path, chains: int, iterations: int) -> None:
 
 
 def ray_vs_direct(chains: int, iterations: int) -> None:
+    import torch  # here, not at the top: a forked child's max RSS counts the parent's pages
+
     from clipcl.sweeps import expand, load_sweep
     from clipcl.workers import run_chain
 
@@ -123,12 +126,43 @@ def plan_and_status(chains: int) -> None:
         )
 
 
+#: (chains, seconds, max RSS in GB) goals of ``clipcl plan`` as a whole process.
+PLAN_GOALS = ((10_000, 2.0, None), (100_000, 15.0, 1.0))
+
+
+def plan_process(chains: int, goal_s: float, goal_gb: float | None) -> None:
+    """Time ``python -m clipcl.cli plan`` of a ``chains``-chain sweep; report its max RSS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sweep_path = Path(tmp) / "big.yaml"
+        _sweep(sweep_path, chains, 5)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clipcl.cli", "plan", str(sweep_path), "--root", tmp],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # this child's own usage (its max RSS includes what it shared with this process when
+        # forked: this module imports nothing heavy before it)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"clipcl plan of {chains} chains failed")
+        rss_gb = usage.ru_maxrss / 2**20  # KiB on Linux
+        memory = f" ({rss_gb / goal_gb:.2f} x goal)" if goal_gb else ""
+        print(
+            f"`clipcl plan` of {chains} chains, whole process: {wall:.2f} s "
+            f"({wall / goal_s:.2f} x goal), max RSS {rss_gb:.2f} GB{memory}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--plan-chains", type=int, default=10_000)
     args = parser.parse_args()
+    for chains, goal_s, goal_gb in PLAN_GOALS:
+        plan_process(chains, goal_s, goal_gb)
     plan_and_status(args.plan_chains)
     table = subprocess.run(
         [

@@ -438,3 +438,38 @@ def test_console_script_usage_error_and_version() -> None:
     _assert_user_error(proc, ["--protocol"])
     version = _clipcl_subprocess("--version")
     assert version.returncode == 0 and version.stdout.startswith("clipcl ")
+
+
+def _huge_sweep(tmp_path: Path, benchmark: str) -> tuple[Path, Path, int]:
+    from clipcl.orchestrator.plan import CONFIRM_ABOVE_CHAINS
+
+    chains = CONFIRM_ABOVE_CHAINS + 1
+    root = tmp_path / "runs"
+    sweep = tmp_path / "huge.yaml"
+    sweep.write_text(
+        f"name: huge\nroot: {root}\nbenchmarks: [{benchmark}]\nmethods: {{zeroshot: {{}}}}\n"
+        f"seeds: [{', '.join(map(str, range(chains)))}]\n"
+    )
+    return sweep, root, chains
+
+
+def test_submit_of_a_huge_sweep_asks_for_yes_before_writing(tmp_path: Path) -> None:
+    sweep, root, chains = _huge_sweep(tmp_path, "smoke")
+    import inspect
+
+    from clipcl.cli.sweep import submit
+
+    help_text = inspect.signature(submit).parameters["yes"].default.help
+    assert f"{chains - 1:,}".replace(",", " ") in help_text  # --yes names the real threshold
+    proc = _clipcl("submit", sweep)
+    _assert_user_error(proc, [str(sweep), f"{chains} chains", "--yes"])
+    assert not root.exists()
+
+
+def test_submit_yes_of_a_huge_sweep_goes_past_the_count(tmp_path: Path, monkeypatch) -> None:
+    # mtil without a data root: refused at the dataset check, the step after the count
+    monkeypatch.delenv("CLIPCL_DATA_ROOT", raising=False)
+    sweep, root, _ = _huge_sweep(tmp_path, "mtil")
+    proc = _clipcl("submit", sweep, "--yes")
+    _assert_user_error(proc, ["benchmark 'mtil' reads datasets from disk", "--data-root"])
+    assert not root.exists()

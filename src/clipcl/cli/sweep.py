@@ -25,7 +25,7 @@ def _data_root(sweep, flag: str | None) -> str | None:
     """The data root of a submission: ``--data-root``, else the sweep's, else the environment."""
     import os
 
-    from clipcl.data.real.benchmarks import DATA_ROOT_ENV
+    from clipcl.data.catalog import DATA_ROOT_ENV
 
     root = flag or sweep.data_root or os.environ.get(DATA_ROOT_ENV)
     return str(Path(root).expanduser().resolve()) if root else None
@@ -37,9 +37,7 @@ def preflight_data(sweep, data_root: str | None, *, refuse: bool) -> bool:
     ``refuse``: raise ``ClipclError`` (nothing is submitted) when anything is missing.
     Returns whether everything is present.
     """
-    from clipcl.cli.data import report_checks
-    from clipcl.data.real import get_dataset
-    from clipcl.data.real.benchmarks import BENCHMARK_DATASETS, resolve_data_root
+    from clipcl.data.catalog import BENCHMARK_DATASETS
 
     needed = sorted({d for b in sweep.benchmarks for d in BENCHMARK_DATASETS.get(b, ())})
     if not needed:
@@ -48,6 +46,10 @@ def preflight_data(sweep, data_root: str | None, *, refuse: bool) -> bool:
     if data_root is None and not refuse:
         out.print(f"datasets not checked ({', '.join(needed)}): no --data-root given")
         return False
+    from clipcl.cli.data import report_checks  # the dataset readers (torch): only to check
+    from clipcl.data.real import get_dataset
+    from clipcl.data.real.benchmarks import resolve_data_root
+
     root = resolve_data_root(data_root, real[0])
     ok = report_checks([get_dataset(n).check(root) for n in needed], root)
     if not ok and refuse:
@@ -119,6 +121,13 @@ def submit(
         None, "--ray-address", help="ray: cluster address (default: start a local Ray)."
     ),
     data_root: str | None = typer.Option(None, "--data-root", help="Root of local datasets."),
+    yes: bool = typer.Option(
+        # (the number is orchestrator.plan.CONFIRM_ABOVE_CHAINS: not imported here, so that
+        # loading the command line stays cheap)
+        False,
+        "--yes",
+        help="Submit a sweep of more than 20 000 chains.",
+    ),
 ) -> None:
     """Record a sweep in the store and dispatch every chain that is not finished."""
     from clipcl.orchestrator.backends import BackendOptions, backend_class, check_backend_name
@@ -126,7 +135,7 @@ def submit(
     from clipcl.results.store import ResultsStore
 
     check_backend_name(backend)
-    the_plan = make_plan(sweep_file, root, ask_backends=True)
+    the_plan = make_plan(sweep_file, root, ask_backends=True, confirmed=yes)
     sweep, root = the_plan.sweep, the_plan.root
     data_root = _data_root(sweep, data_root)
     preflight_data(sweep, data_root, refuse=True)

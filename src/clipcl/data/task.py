@@ -7,15 +7,20 @@ into the task's own ``class_names``. Resizing and normalisation happen on the mo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from clipcl.errors import unknown_name
-
-Protocol = Literal["til", "cil"]
+from clipcl.data.catalog import (  # noqa: F401  (re-exported)
+    BenchmarkInfo,
+    Protocol,
+    benchmark_info,
+    benchmark_names,
+    check_benchmark_name,
+    declare_benchmark,
+)
 
 
 class TensorImageDataset(Dataset):
@@ -81,18 +86,7 @@ class Benchmark:
 
 BenchmarkFactory = Callable[..., Benchmark]
 _REGISTRY: dict[str, BenchmarkFactory] = {}
-_INFO: dict[str, BenchmarkInfo] = {}
 _CACHE: dict[tuple[str, str | None], Benchmark] = {}
-
-
-@dataclass(frozen=True)
-class BenchmarkInfo:
-    """What is known about a benchmark without reading or generating its data."""
-
-    name: str
-    protocol: Protocol
-    task_names: tuple[str, ...]
-    train_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 def register_benchmark(
@@ -110,34 +104,25 @@ def register_benchmark(
 
     def deco(fn: BenchmarkFactory) -> BenchmarkFactory:
         _REGISTRY[name] = fn
-        _INFO[name] = BenchmarkInfo(name, protocol, tuple(task_names), dict(train_defaults or {}))
+        info = BenchmarkInfo(name, protocol, tuple(task_names), dict(train_defaults or {}))
+        declare_benchmark(info)
         return fn
 
     return deco
 
 
-def benchmark_info(name: str) -> BenchmarkInfo:
-    check_benchmark_name(name)
-    return _INFO[name]
-
-
-def benchmark_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def check_benchmark_name(name: str) -> None:
-    if name not in _REGISTRY:
-        raise unknown_name("benchmark", name, _REGISTRY)
-
-
 def get_benchmark(name: str, data_root: str | None = None) -> Benchmark:
     """Build the benchmark registered as ``name`` (datasets are read or generated here)."""
     check_benchmark_name(name)
+    if name not in _REGISTRY:  # a built-in benchmark whose module is not imported yet
+        import clipcl.data.mini  # noqa: F401
+        import clipcl.data.real  # noqa: F401
+        import clipcl.data.smoke  # noqa: F401
     key = (name, data_root)
     if key in _CACHE:  # generated/loaded data is immutable: build it once per process
         return _CACHE[key]
     bench = _REGISTRY[name](data_root=data_root)
-    info = _INFO[name]
+    info = benchmark_info(name)
     if tuple(bench.task_names) != info.task_names or bench.protocol != info.protocol:
         raise RuntimeError(f"benchmark '{name}' does not match its registration")
     _CACHE[key] = bench

@@ -45,24 +45,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from pydantic import ConfigDict
 from torch.utils.data import DataLoader
 
 from clipcl.data import Benchmark, Task
+from clipcl.methods.configs import MethodConfig  # noqa: F401  (re-exported)
 from clipcl.models import ClipModel
-from clipcl.validation import StrictNumbers
-
-
-class MethodConfig(StrictNumbers):
-    """Base of every method's knobs: strict (unknown keys and wrong types fail at load; a bool
-    is not a number and numbers are finite)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    #: Knobs added after chain ids were published, each with the value every earlier chain
-    #: ran with: ``ChainSpec.canonical_json`` leaves a knob out of the hash at that value, so
-    #: those chains keep their ids (and any other value, the new default included, is a new run).
-    legacy_values: ClassVar[dict[str, Any]] = {}
 
 
 @dataclass(frozen=True)

@@ -63,12 +63,15 @@ from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch.utils.data import DataLoader, default_collate
 
 from clipcl.errors import ClipclError
-from clipcl.methods.base import Method, MethodConfig, TaskContext
+from clipcl.methods.base import Method, TaskContext
 from clipcl.methods.capture import capture
+from clipcl.methods.configs import (  # noqa: F401  (re-exported)
+    DMNSP_TRAIN_DEFAULTS,
+    DMNSPConfig,
+)
 from clipcl.methods.projected import ProjectedParameters, statistics_pass, train_only
 from clipcl.methods.projection import accumulate_covariance, eigh_desc, orthonormalize, projector
 from clipcl.methods.registry import register_method
@@ -80,33 +83,6 @@ from clipcl.models.adapters import (
     add_adapters,
     transformer_blocks,
 )
-
-
-class DMNSPConfig(MethodConfig):
-    bottleneck: int = Field(64, ge=1, description="Adapter bottleneck width.")
-    scale: float = Field(0.1, description="Adapter output scale.")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the adapter.")
-    top_select: int = Field(
-        1, ge=1, description="TOP_SELECT: leading singular vectors left out of each task's basis."
-    )
-    top_k_ratio: float = Field(
-        0.1, gt=0, le=1, description="TOP_K_RATIO: share of a basis's cosines averaged into d."
-    )
-    lambda_scale: float = Field(30.0, gt=0, description="LAMBDA_SCALE: λ = scale · exp(−d).")
-    stats_batch_size: int = Field(
-        128, ge=1, description="Images in the one batch whose adapter outputs build the bases."
-    )
-    project: bool = Field(True, description="False: Adapter-Seq (no statistics, no projection).")
-    orthonormal: bool = Field(
-        False,
-        description="Corrected: orthonormal bases (V Vᵀ a projector) and the exact projector"
-        " onto the intersection of the layers' retained spaces instead of their product.",
-    )
-    project_update: bool = Field(
-        False,
-        description="Corrected: project AdamW's update after the step (times exp(−Σd)) instead"
-        " of the gradient (where AdamW absorbs λ).",
-    )
 
 
 def top_cosine_distances(
@@ -159,11 +135,7 @@ class DMNSP(Method):
     name = "dmnsp"
     Config = DMNSPConfig
     config: DMNSPConfig
-    train_defaults: ClassVar[dict[str, Any]] = {
-        "optimizer": "adamw",
-        "weight_decay": 0.0,
-        "label_smoothing": 0.0,
-    }
+    train_defaults: ClassVar[dict[str, Any]] = DMNSP_TRAIN_DEFAULTS
 
     def check_model(self, model: ClipModel) -> None:
         for tower in ("image", "text"):

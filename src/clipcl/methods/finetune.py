@@ -8,20 +8,14 @@ are the worker's (``TrainConfig``).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 
-from clipcl.methods.base import Method, MethodConfig, TaskContext
+from clipcl.methods.base import Method, TaskContext
+from clipcl.methods.configs import (  # noqa: F401  (re-exported)
+    FinetuneConfig,
+    TrainMode,
+)
 from clipcl.methods.registry import register_method
-
-TrainMode = Literal["whole", "image", "text", "image-fc", "fc"]
-
-
-class FinetuneConfig(MethodConfig):
-    train_mode: TrainMode = Field("whole", description="Which parts of CLIP are updated.")
-    train_logit_scale: bool = Field(False, description="Also learn the logit scale.")
 
 
 @register_method

@@ -44,78 +44,22 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from clipcl.errors import ClipclError
-from clipcl.methods.base import Method, MethodConfig, TaskContext
+from clipcl.methods.base import Method, TaskContext
 from clipcl.methods.capture import attention_internals, capture
+from clipcl.methods.configs import (  # noqa: F401  (re-exported)
+    ALL_LAYERS,
+    GPM_TRAIN_DEFAULTS,
+    GPMConfig,
+    LayerKind,
+)
 from clipcl.methods.projected import ProjectedParameters, statistics_pass, train_only
 from clipcl.methods.projection import ComplementProjection, accumulate_covariance, gpm_basis
 from clipcl.methods.registry import register_method
 from clipcl.models import ClipModel
-
-LayerKind = Literal["attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj"]
-ALL_LAYERS: tuple[LayerKind, ...] = ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj")
-
-
-class GPMConfig(MethodConfig):
-    """GPM's knobs; defaults are the paper's 10-split CIFAR-100 settings."""
-
-    project: bool = Field(
-        True, description="Project gradients (false: train the same layers plainly, GPM-Seq)."
-    )
-    threshold: float = Field(
-        0.97, gt=0, le=1, description="Energy threshold ε of the basis update after task 0."
-    )
-    threshold_step: float = Field(
-        0.003, ge=0, description="Added to ε per task: ε_t = min(1, threshold + t · step)."
-    )
-    first_task_rule: Literal["code", "paper"] = Field(
-        "code",
-        description="Directions kept after task 0: 'code' = Σ[cumsum(σ²)/total < ε] as in the"
-        " authors' code (the direction that crosses ε is left out); 'paper' = the smallest k"
-        " whose energy reaches ε (Eq. 5), i.e. that direction too, as later tasks count.",
-    )
-    samples: int = Field(
-        125,
-        ge=1,
-        description="Training images per task forwarded for the representation (all their"
-        " tokens are used; GPM: 125 samples for its fully connected layers).",
-    )
-    layers: tuple[LayerKind, ...] = Field(
-        ALL_LAYERS, min_length=1, description="Linear layers of each block that are protected."
-    )
-    blocks: tuple[int, ...] | None = Field(
-        None, description="Image-tower blocks whose layers are protected and trained (None: all)."
-    )
-    freeze_biases: bool | None = Field(
-        None,
-        description="Freeze the protected layers' biases after task 0 (GPM). None: when"
-        " project is true.",
-    )
-    project_update: bool = Field(
-        False,
-        description="Project the optimizer's update after the step instead of the gradient"
-        " (corrected variant for Adam(W) or weight decay).",
-    )
-
-    @field_validator("layers")
-    @classmethod
-    def _unique_layers(cls, layers: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(layers)) != len(layers):
-            raise ValueError(f"layers listed twice: {sorted(layers)}")
-        return layers
-
-    @field_validator("blocks")
-    @classmethod
-    def _valid_blocks(cls, blocks: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        if blocks is None:
-            return None
-        if not blocks or len(set(blocks)) != len(blocks) or min(blocks) < 0:
-            raise ValueError(f"blocks must be distinct indices ≥ 0, got {list(blocks)}")
-        return tuple(sorted(blocks))
 
 
 @dataclass(frozen=True)
@@ -222,13 +166,7 @@ class GPM(Method):
     name = "gpm"
     Config = GPMConfig
     config: GPMConfig
-    train_defaults = {
-        "optimizer": "sgd",
-        "momentum": 0.0,
-        "weight_decay": 0.0,
-        "lr": 0.01,
-        "label_smoothing": 0.0,
-    }
+    train_defaults = GPM_TRAIN_DEFAULTS
 
     def __init__(self, config: GPMConfig) -> None:
         super().__init__(config)

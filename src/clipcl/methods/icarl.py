@@ -26,42 +26,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch.utils.data import DataLoader, Dataset
 
 from clipcl.methods.base import StepOutputs, TaskContext
-from clipcl.methods.finetune import Finetune, FinetuneConfig
+from clipcl.methods.configs import (  # noqa: F401  (re-exported)
+    IcarlConfig,
+)
+from clipcl.methods.finetune import Finetune
 from clipcl.methods.registry import register_method
 from clipcl.models import ClipModel
-
-
-class IcarlConfig(FinetuneConfig):
-    train_mode: Literal["whole", "image", "text"] = Field(
-        "whole", description="Which parts of CLIP are updated (ZSCL's iCaRL: whole)."
-    )
-    memory_size: int = Field(
-        10_000, ge=0, description="Exemplars kept in total over all seen tasks and classes."
-    )
-    batch_size: int | None = Field(
-        None, ge=1, description="Exemplars per training step (None: the training batch size)."
-    )
-    distill_weight: float = Field(1.0, ge=0, description="Weight of the distillation term.")
-    temperature: float = Field(2.0, gt=0, description="Distillation temperature τ.")
-    teacher: Literal["previous", "pretrained"] = Field(
-        "previous",
-        description="Distil towards the model at the end of the previous task, or towards the"
-        " pretrained CLIP (what ZSCL's code does when --ref-model is not given).",
-    )
-    kd_classes: Literal["own-task", "current-task"] = Field(
-        "own-task",
-        description="own-task: logits over each exemplar's own task classes, each model with"
-        " its own text embeddings; current-task: over the current task's classes, both models"
-        " using the teacher's text embeddings (ZSCL's code).",
-    )
 
 
 def herding(features: torch.Tensor, m: int) -> torch.Tensor:

@@ -12,24 +12,17 @@ Batches are drawn from per-task loaders seeded from the task seed and the other 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from clipcl.data import Task, cycle, make_loader
 from clipcl.methods.base import StepOutputs, TaskContext
-from clipcl.methods.finetune import Finetune, FinetuneConfig
+from clipcl.methods.configs import (  # noqa: F401  (re-exported)
+    JointConfig,
+)
+from clipcl.methods.finetune import Finetune
 from clipcl.methods.registry import register_method
-
-
-class JointConfig(FinetuneConfig):
-    scope: Literal["seen", "all"] = Field(
-        "seen", description="seen: tasks 0..k at task k; all: every task from the start."
-    )
-    label_smoothing: float = Field(0.2, ge=0, lt=1, description="For the other tasks' batches.")
-    batch_size: int = Field(64, ge=1, description="Batch size of each other task's batches.")
 
 
 @register_method

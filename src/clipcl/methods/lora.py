@@ -10,45 +10,16 @@ model, so checkpoints hold them and a resumed chain needs no method state.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field, field_validator
-
 from clipcl.errors import ClipclError
-from clipcl.methods.base import Method, MethodConfig, TaskContext
+from clipcl.methods.base import Method, TaskContext
+from clipcl.methods.configs import (  # noqa: F401  (re-exported)
+    DEFAULT_TARGETS,
+    LoRAConfig,
+    LoRATarget,
+)
 from clipcl.methods.registry import register_method
 from clipcl.models import ClipModel
 from clipcl.models.lora import LoRA, add_lora, lora_modules, merge_lora
-
-LoRATarget = Literal["attn.out_proj", "mlp.c_fc", "mlp.c_proj"]
-DEFAULT_TARGETS: tuple[LoRATarget, ...] = ("attn.out_proj", "mlp.c_fc", "mlp.c_proj")
-
-
-class LoRAConfig(MethodConfig):
-    rank: int = Field(8, ge=1, description="Rank r of each adapter.")
-    alpha: float = Field(16.0, gt=0, description="Scale numerator: ΔW = (alpha / r) · B A.")
-    dropout: float = Field(
-        0.0,
-        ge=0,
-        lt=1,
-        description="Dropout on the LoRA input path (MLP layers; attn.out_proj has none).",
-    )
-    targets: tuple[LoRATarget, ...] = Field(
-        DEFAULT_TARGETS, min_length=1, description="Block layers that get an adapter."
-    )
-    towers: Literal["image", "text", "both"] = Field(
-        "both", description="Which towers' blocks are adapted."
-    )
-    merge_after_task: bool = Field(
-        False, description="Fold the adapters into W after each task and start fresh ones."
-    )
-
-    @field_validator("targets")
-    @classmethod
-    def _unique(cls, targets: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(targets)) != len(targets):
-            raise ValueError(f"targets listed twice: {sorted(targets)}")
-        return targets
 
 
 def _tower(name: str) -> str:

@@ -58,17 +58,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
 from clipcl.data import Benchmark, Task
-from clipcl.methods.base import Method, MethodConfig, StepOutputs, TaskContext
+from clipcl.methods.base import Method, StepOutputs, TaskContext
 from clipcl.methods.capture import attention_internals, capture, key_weights_per_head
+from clipcl.methods.configs import (  # noqa: F401  (re-exported)
+    NSP2_TRAIN_DEFAULTS,
+    NSP2Config,
+)
 from clipcl.methods.projected import ProjectedParameters, statistics_pass, train_only
 from clipcl.methods.projection import accumulate_covariance, null_space_knee, projector
 from clipcl.methods.registry import register_method
@@ -83,67 +86,9 @@ from clipcl.models.deep_prompts import (
 KNEE_MIN_POINTS = 128  # shorter singular-value curves are neither smoothed nor trimmed
 
 
-class NSP2Config(MethodConfig):
-    """NSP²'s knobs; defaults are the authors' CLIP settings (``train_cifar100_s10_clip.sh``)."""
-
-    project: bool = Field(
-        True, description="Null-space update and L_LN; false = the CLIP-Seq baseline."
-    )
-    prompt_length: int = Field(4, ge=0, description="Prompt tokens M per prompted block.")
-    prompt_start_block: int = Field(0, ge=0, description="First prompted image block.")
-    prompt_end_block: int = Field(
-        3, ge=0, description="Last prompted image block (inclusive; clamped to the tower's last)."
-    )
-    prompt_init_range: float = Field(1.0, gt=0, description="Prompts start as U(-a, a).")
-    train_logit_scale: bool = Field(True, description="Train CLIP's logit_scale with the prompts.")
-    eta1: float = Field(0.98, ge=0, le=1, description="η of the right (C1, D × D) projector.")
-    eta2: float = Field(0.98, ge=0, le=1, description="η of the left (C2, M × M) projector.")
-    ln_loss_weight: float = Field(1.0, ge=0, description="Weight of L_LN (with project only).")
-    knee_smooth_std: float = Field(
-        10.0, ge=0, description="Gaussian smoothing of curves with >= 128 singular values."
-    )
-    knee_trim: float = Field(
-        0.015, ge=0, lt=0.5, description="Fraction of each end of such curves not searched."
-    )
-    stats_batch_size: int = Field(
-        100, ge=1, description="Images per statistics batch (each adds JᵀJ / its rows)."
-    )
-    stats_dtype: Literal["float32", "float64"] = Field(
-        "float32",
-        description="Precision of C1/C2, their sums and their eigendecomposition: float32 as"
-        " the authors' code, float64 as clipcl before issue 14.",
-    )
-    text_templates: Literal["dataset", "task"] = Field(
-        "dataset",
-        description="Classifier ensemble: the benchmark dataset's template list (NSP²), or the"
-        " task's templates (used anyway for benchmarks without one real dataset).",
-    )
-    refine_head: bool = Field(True, description="Refine visual.proj on class Gaussians per task.")
-    refine_epochs: int = Field(50, ge=1, description="Head refinement epochs.")
-    refine_samples_per_class: int = Field(256, ge=1, description="Pseudo-features per class.")
-    refine_batch_size: int = Field(256, ge=1, description="Head refinement batch size.")
-    refine_lr: float = Field(1e-3, gt=0, description="Head refinement SGD learning rate.")
-    refine_momentum: float = Field(0.9, ge=0, lt=1, description="Head refinement SGD momentum.")
-    refine_weight_decay: float = Field(1e-4, ge=0, description="Head refinement weight decay.")
-    refine_cov_eps: float = Field(1e-4, gt=0, description="Added to each class covariance's I.")
-
-    #: Every nsp2 chain before issue 14 computed its statistics in float64: left out of the
-    #: hash at that value, so those chains keep their ids (the float32 default is a new run).
-    legacy_values: ClassVar[dict[str, Any]] = {"stats_dtype": "float64"}
-
-    @property
-    def torch_stats_dtype(self) -> torch.dtype:
-        """``stats_dtype`` as a torch dtype."""
-        return torch.float32 if self.stats_dtype == "float32" else torch.float64
-
-    @model_validator(mode="after")
-    def _blocks(self) -> NSP2Config:
-        if self.prompt_start_block > self.prompt_end_block:
-            raise ValueError(
-                f"prompt_start_block {self.prompt_start_block} > "
-                f"prompt_end_block {self.prompt_end_block}"
-            )
-        return self
+def stats_torch_dtype(cfg: NSP2Config) -> torch.dtype:
+    """``cfg.stats_dtype`` as a torch dtype."""
+    return torch.float32 if cfg.stats_dtype == "float32" else torch.float64
 
 
 def prompt_blocks(cfg: NSP2Config, depth: int) -> list[int]:
@@ -236,16 +181,7 @@ class NSP2(Method):
     name = "nsp2"
     Config = NSP2Config
     config: NSP2Config
-    train_defaults: ClassVar[dict[str, Any]] = {
-        "optimizer": "adam",
-        "lr": 1e-3,
-        "weight_decay": 5e-5,
-        "schedule": "multistep",
-        "lr_milestones": (0.5, 0.8),
-        "lr_gamma": 0.1,
-        "warmup_steps": 0,
-        "label_smoothing": 0.0,
-    }
+    train_defaults: ClassVar[dict[str, Any]] = NSP2_TRAIN_DEFAULTS
 
     def __init__(self, config: NSP2Config) -> None:
         super().__init__(config)
@@ -294,7 +230,7 @@ class NSP2(Method):
         if self.cov1:
             for i, prompt in self.prompts.items():  # projectors live beside their prompt
                 dev = prompt.tokens.device
-                dtype = cfg.torch_stats_dtype
+                dtype = stats_torch_dtype(cfg)
                 self.proj1[i] = update_projector(
                     self.cov1[i], cfg.eta1, cfg.knee_smooth_std, cfg.knee_trim, dtype
                 ).to(dev)
@@ -367,7 +303,7 @@ class NSP2(Method):
             i = int(name)
             x = x if batch_first else x.transpose(0, 1)  # (B, N, D)
             c1, c2 = prompt_statistics(
-                attns[name], self.prompts[i], x, dtype=self.config.torch_stats_dtype
+                attns[name], self.prompts[i], x, dtype=stats_torch_dtype(self.config)
             )
             self.cov1[i] = c1 if i not in self.cov1 else self.cov1[i] + c1.to(self.cov1[i])
             self.cov2[i] = c2 if i not in self.cov2 else self.cov2[i] + c2.to(self.cov2[i])

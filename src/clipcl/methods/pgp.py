@@ -48,13 +48,16 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, field_validator
 from torch.utils.data import DataLoader
 
 from clipcl.data import Task
 from clipcl.errors import ClipclError
-from clipcl.methods.base import Method, MethodConfig, TaskContext
+from clipcl.methods.base import Method, TaskContext
 from clipcl.methods.capture import capture
+from clipcl.methods.configs import (  # noqa: F401  (re-exported)
+    PGP_TRAIN_DEFAULTS,
+    PGPConfig,
+)
 from clipcl.methods.projected import Mode, ProjectedParameters, statistics_pass, train_only
 from clipcl.methods.projection import accumulate_covariance, eigh_desc, gpm_basis, remove_component
 from clipcl.methods.registry import register_method
@@ -74,38 +77,6 @@ from clipcl.models.prompt_tuning import (
 )
 
 CHUNK = 1 << 14  # feature columns per block when forming the images' Gram matrix
-
-
-class PGPConfig(MethodConfig):
-    project: bool = Field(
-        True, description="Project the prompt gradient (false: the prompt-Seq baseline)."
-    )
-    prompt_length: int = Field(
-        10, ge=1, description="Image prompt tokens L_p (public config 10; the paper says 5)."
-    )
-    n_ctx: int = Field(16, ge=1, description="CoOp context vectors per task (random init).")
-    ctx_init: str = Field(
-        "random",
-        min_length=1,
-        description="'random': CoOp's N(0, 0.02²); 'template': the words before '{}' in the "
-        "task's training template; any other text: that phrase (n_ctx = its token count).",
-    )
-    n_components: int = Field(
-        5, ge=1, description="PCA components of the tokens and of the prompt (new columns ≤ it)."
-    )
-    threshold: float = Field(0.90, gt=0, le=1, description="GPM energy threshold ε.")
-    project_update: bool = Field(
-        False,
-        description="Corrected variant: also remove the span-F part of the whole optimizer "
-        "update (the original's SGD weight decay, added after projection, leaks into span F).",
-    )
-
-    @field_validator("ctx_init")
-    @classmethod
-    def _phrase(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("ctx_init must be 'random', 'template' or a non-empty phrase")
-        return value
 
 
 def pca_scores(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -170,17 +141,7 @@ class PGP(Method):
     #: The authors' CIFAR-100 config: SGD momentum 0.9, lr 1e-3 on task 0 then 1e-2, weight
     #: decay 5e-4 on task 0 (their init_weight_decay) then 2e-4, plain CE, per-epoch cosine
     #: without warm-up.
-    train_defaults: ClassVar[dict[str, Any]] = {
-        "optimizer": "sgd",
-        "momentum": 0.9,
-        "lr": 1e-2,
-        "lr_first_task": 1e-3,
-        "weight_decay": 2e-4,
-        "weight_decay_first_task": 5e-4,  # the authors' init_weight_decay
-        "label_smoothing": 0.0,
-        "schedule": "warmup_cosine",
-        "warmup_steps": 0,
-    }
+    train_defaults: ClassVar[dict[str, Any]] = PGP_TRAIN_DEFAULTS
 
     def __init__(self, config: PGPConfig) -> None:
         super().__init__(config)

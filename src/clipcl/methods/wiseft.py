@@ -13,18 +13,14 @@ method state is needed. Training itself is ``finetune``'s (same train modes).
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch.utils.data import DataLoader
 
 from clipcl.methods.base import TaskContext
-from clipcl.methods.finetune import Finetune, FinetuneConfig
+from clipcl.methods.configs import (  # noqa: F401  (re-exported)
+    WiSEFTConfig,
+)
+from clipcl.methods.finetune import Finetune
 from clipcl.methods.registry import register_method
-
-
-class WiSEFTConfig(FinetuneConfig):
-    alpha: float = Field(
-        0.8, ge=0, le=1, description="Weight of the fine-tuned model (1: plain finetune)."
-    )
 
 
 def interpolate(alpha: float, finetuned: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:

@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 
 from clipcl.errors import ClipclError
 from clipcl.methods.base import StepOutputs, TaskContext
-from clipcl.methods.finetune import Finetune, FinetuneConfig
+from clipcl.methods.configs import (  # noqa: F401  (re-exported)
+    L2Config,
+    LwFConfig,
+    WEConfig,
+    ZSCLConfig,
+)
+from clipcl.methods.finetune import Finetune
 from clipcl.methods.registry import register_method
 from clipcl.models import ClipModel
 
@@ -43,40 +47,6 @@ def distillation(teacher: torch.Tensor, student: torch.Tensor, tau: float) -> to
     """``τ² · mean_rows CE(softmax(teacher/τ), log_softmax(student/τ))`` (ZSCL's KD)."""
     target = F.softmax(teacher / tau, dim=1)
     return F.cross_entropy(student / tau, target, reduction="mean") * tau**2
-
-
-class ZSCLConfig(FinetuneConfig):
-    image_loss: bool = Field(True, description="KD on the image→caption logits.")
-    text_loss: bool = Field(True, description="KD on the transposed (caption→image) logits.")
-    temperature: float = Field(2.0, gt=0, description="KD temperature τ.")
-    l2: float = Field(1.0, ge=0, description="Weight of Σ‖θ − θ_{t−1}‖² (0: off).")
-    we: bool = Field(True, description="Weight ensembling during each task.")
-    avg_freq: int = Field(100, ge=1, description="Steps between weight-ensemble updates.")
-    teacher: Literal["original", "previous"] = Field(
-        "original", description="The frozen pretrained CLIP, or the previous task's model."
-    )
-    reference: Literal["world", "folder", "current"] = Field(
-        "world",
-        description="Reference data: the embedded world's held-out set, a local image folder "
-        "+ caption file, or the current task's images and class prompts (LwF).",
-    )
-    reference_images: str | None = Field(
-        None, description="reference: folder — image folder (relative: under the data root)."
-    )
-    reference_captions: str | None = Field(
-        None, description="reference: folder — caption file, one per line (relative: data root)."
-    )
-    reference_size: int = Field(
-        2048, ge=1, description="reference: world — held-out images (and their captions)."
-    )
-    reference_batch_size: int = Field(64, ge=1, description="Reference images per step.")
-    cache_text: bool = Field(True, description="Compute G_ref once instead of every step.")
-
-    @model_validator(mode="after")
-    def _folder(self) -> ZSCLConfig:
-        if self.reference == "folder" and not (self.reference_images and self.reference_captions):
-            raise ValueError("reference: folder needs reference_images and reference_captions")
-        return self
 
 
 def _resolve(path: str, data_root: str | None) -> Path:
@@ -261,13 +231,6 @@ class ZSCL(Finetune):
         self._we = []
 
 
-class LwFConfig(ZSCLConfig):
-    teacher: Literal["original", "previous"] = "previous"
-    reference: Literal["world", "folder", "current"] = "current"
-    l2: float = Field(0.0, ge=0)
-    we: bool = False
-
-
 @register_method
 class LwF(ZSCL):
     """Learning without Forgetting: ZSCL's distillation with the previous model as teacher and
@@ -278,13 +241,6 @@ class LwF(ZSCL):
     config: LwFConfig
 
 
-class L2Config(ZSCLConfig):
-    image_loss: bool = False
-    text_loss: bool = False
-    we: bool = False
-    l2: float = Field(1.0, ge=0)
-
-
 @register_method
 class L2(ZSCL):
     """ZSCL's L2 term alone: cross-entropy + l2 · Σ‖θ − θ_{t−1}‖² (no distillation, no WE)."""
@@ -292,13 +248,6 @@ class L2(ZSCL):
     name = "l2"
     Config = L2Config
     config: L2Config
-
-
-class WEConfig(ZSCLConfig):
-    image_loss: bool = False
-    text_loss: bool = False
-    we: bool = True
-    l2: float = Field(0.0, ge=0)
 
 
 @register_method

@@ -13,19 +13,22 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import open_clip
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from clipcl.errors import ClipclError, did_you_mean
+from clipcl.models import config
 from clipcl.models.checkpoint import load_error
 from clipcl.models.clip import ClipModel
-
-CONFIG_DIR = Path(__file__).parent / "configs"
-ALIASES = {"tiny": "clipcl-tiny"}
-Precision = Literal["fp32", "bf16", "fp16"]
+from clipcl.models.config import (  # noqa: F401  (re-exported)
+    ALIASES,
+    CONFIG_DIR,
+    ModelConfig,
+    Precision,
+    default_pretrained,
+)
 
 _registered = False
 
@@ -38,32 +41,11 @@ def register_project_configs() -> None:
         _registered = True
 
 
-class ModelConfig(BaseModel):
-    """Which CLIP to build and from which weights."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    arch: str = Field("ViT-B-16", description="open_clip model name or project alias ('tiny').")
-    pretrained: str | None = Field(
-        None,
-        description="Local checkpoint path, open_clip tag in the local cache, or None for random"
-        " initialisation.",
-    )
-
-
 def resolve_arch(arch: str) -> str:
-    """Map an alias to an open_clip name and check that open_clip knows it."""
+    """:func:`clipcl.models.config.resolve_arch`, with the project's configs registered in
+    open_clip (what building a model needs)."""
     register_project_configs()
-    name = ALIASES.get(arch, arch)
-    known = open_clip.list_models()
-    if name not in known:
-        examples = ", ".join([*ALIASES, "ViT-B-16", "ViT-B-32", "ViT-L-14", "RN50"])
-        raise ClipclError(
-            f"unknown model '{arch}'{did_you_mean(arch, [*ALIASES, *known])}; allowed: "
-            f"{examples} or any of the {len(known)} open_clip architectures "
-            "(open_clip.list_models())"
-        )
-    return name
+    return config.resolve_arch(arch)
 
 
 def _cached_tag_file(arch: str, tag: str, cache_dir: str | None) -> Path:
@@ -103,15 +85,6 @@ def _cached_tag_file(arch: str, tag: str, cache_dir: str | None) -> Path:
 
 
 PACKAGED = {("clipcl-tiny", "clipcl-tiny"): Path(__file__).parent / "weights" / "clipcl-tiny.pt"}
-
-
-def default_pretrained(arch: str) -> str:
-    """The weights an architecture gets when none are named: the packaged tiny CLIP for
-    ``tiny``, OpenAI's for architectures that have them, else random initialisation."""
-    name = resolve_arch(arch)
-    if name == "clipcl-tiny":
-        return "clipcl-tiny"
-    return "openai" if "openai" in open_clip.list_pretrained_tags_by_model(name) else "none"
 
 
 def resolve_pretrained(

@@ -9,13 +9,18 @@ Planning never writes anything unless asked to refresh what schedulers say (``as
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clipcl.errors import ClipclError
 from clipcl.orchestrator.state import ACTIVE, Reconciled, reconcile
 from clipcl.results.records import RunDir
+
+#: Sweeps with more chains than this are submitted only when the user confirms (``--yes``).
+CONFIRM_ABOVE_CHAINS = 20_000
 
 #: Store states that stand in for a job nobody is asked about (the plan shows them).
 _REMEMBERED = frozenset({"running", "queued", "failed", "cancelled"})
@@ -176,6 +181,17 @@ def _remembered(root: Path) -> dict[str, Any]:
         return {row.chain_id: row for row in store.chain_progress()}
 
 
+def _chain_dirs(root: Path) -> set[str] | None:
+    """Names in the run root's chains folder (empty if it has none; ``None``: it cannot be
+    listed, so every chain's directory is looked at)."""
+    try:
+        return {entry.name for entry in os.scandir(RunDir.chains_dir(root))}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    except OSError:
+        return None
+
+
 def _refresh_backends(root: Path) -> None:
     """Ask the schedulers the store names about its active chains (this writes the store)."""
     from clipcl.orchestrator.backends import refresh_store
@@ -191,6 +207,7 @@ def plan(
     root: Path | None = None,
     *,
     ask_backends: bool = False,
+    confirmed: bool = True,
 ) -> Plan:
     """The plan of a sweep file under ``root`` (default: the sweep's own).
 
@@ -199,32 +216,47 @@ def plan(
         root: The run root.
         ask_backends: First ask schedulers (Slurm) about the chains the store says are queued
             or running, so chains with a live job count as owned (records their answers).
+        confirmed: False: refuse a sweep of more than :data:`CONFIRM_ABOVE_CHAINS` chains
+            right after expanding it, before anything is read or written.
+
+    Raises:
+        ClipclError: The sweep is invalid, or it is too large and not ``confirmed``.
     """
     from clipcl.orchestrator.coordinators import live_coordinators
 
     sweep, entries, root = load_entries(sweep_file, root)
+    if not confirmed and len(entries) > CONFIRM_ABOVE_CHAINS:
+        raise ClipclError(
+            f"{sweep_file}: the sweep expands to {len(entries)} chains (more than "
+            f"{CONFIRM_ABOVE_CHAINS}); pass --yes to submit them all"
+        )
     if ask_backends:
         _refresh_backends(root)
     stored = _remembered(root)
     coordinators = live_coordinators(root)
+    on_disk = _chain_dirs(root)
     chains: list[PlannedChain] = []
     for e in entries:
         row = stored.get(e.chain_id)
-        run_dir = RunDir.of(root, e.chain_id)
+        # a chain without a directory has no records, lock or problem: skip the file checks
+        listed = on_disk is None or e.chain_id in on_disk
+        run_dir = RunDir.of(root, e.chain_id) if listed else None
         active = row is not None and row.state in ACTIVE
+        locked = run_dir is not None and active and run_dir.locked()
         judged = judge(
             row.state if row else None,
             row.backend if row else None,
-            run_dir.tasks_done(),
+            run_dir.tasks_done() if run_dir else 0,
             e.spec_tasks,
-            active and (e.chain_id in coordinators or run_dir.locked()),
+            active and (e.chain_id in coordinators or locked),
         )
         owner = kind = None
         if e.chain_id in coordinators:
             owner, kind = f"coordinator pid {coordinators[e.chain_id]}", "coordinator"
         elif row is not None and row.state in ACTIVE and _outlives(row.backend):
             owner, kind = f"{row.backend} job {row.job_id}", "scheduler"
-        chains.append(PlannedChain(e, judged, owner, kind, run_dir.problem()))
+        problem = run_dir.problem() if run_dir else None
+        chains.append(PlannedChain(e, judged, owner, kind, problem))
     return Plan(sweep, str(sweep_file), root, chains)
 
 

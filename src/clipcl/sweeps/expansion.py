@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from clipcl.errors import ClipclError
-from clipcl.methods import method_class
+from clipcl.methods import method_info
 from clipcl.sweeps.schema import SweepFile
 from clipcl.validation import set_dotted
-from clipcl.workers import ChainSpec
+from clipcl.workers.spec import ChainSpec
 
 #: Train keys that still matter for a method that never trains (they shape evaluation).
 EVAL_RELEVANT_TRAIN_KEYS = {"train.precision", "train.num_workers"}
@@ -77,7 +77,7 @@ def expand(sweep: SweepFile, source: str = "sweep") -> list[ChainEntry]:
             eval_ = {**sweep.eval, **method_settings.eval}
             grid = {**sweep.grid, **method_settings.grid}  # the schema refuses a key in both
             try:
-                trains = method_class(method).trains
+                trains = method_info(method).trains
             except ClipclError as exc:
                 raise ClipclError(f"{source}: methods.{method}: {exc}") from None
             for assignment in _assignments(grid, sweep.zip):

@@ -44,8 +44,13 @@ class DuplicateKeyError(yaml.YAMLError):
         self.key, self.at, self.first = key, at, first
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key written twice in one mapping."""
+# libyaml's parser when PyYAML has it: a 10 000-seed sweep parses 10x faster.
+_SafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(_SafeLoader):  # type: ignore[misc,valid-type]
+    """PyYAML's safe loader (libyaml's when present) that refuses a key written twice in one
+    mapping."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first: dict[tuple[type, Any], str] = {}

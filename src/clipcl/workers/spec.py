@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -13,8 +14,9 @@ from pydantic import ConfigDict, Field, model_validator
 
 from clipcl.data import benchmark_info
 from clipcl.errors import ClipclError, did_you_mean
-from clipcl.methods import MethodConfig, method_class
-from clipcl.models import ModelConfig, Precision, default_pretrained, resolve_arch
+from clipcl.methods import MethodConfig, method_info
+from clipcl.methods.catalog import catalogued
+from clipcl.models.config import ModelConfig, Precision, default_pretrained, resolve_arch
 from clipcl.validation import StrictNumbers, apply_overrides, validate
 
 T = TypeVar("T")
@@ -124,7 +126,7 @@ LATER_TRAIN_KEYS = (
 def _legacy_method_values(name: str) -> dict[str, Any]:
     """The method's ``Config.legacy_values`` (none for a method no longer registered)."""
     try:
-        return method_class(name).Config.legacy_values
+        return method_info(name).config.legacy_values
     except ClipclError:
         return {}
 
@@ -160,14 +162,28 @@ class MethodSpec:
         Raises:
             ClipclError: The method is unknown or a knob is (naming ``source`` and the key).
         """
-        method_cls = _named(source, "method.name", method_class, name)
-        config = validate(method_cls.Config, knobs, source, prefix="method")
-        return cls(name, config)
+        key = None  # the sweep's chains mostly share their method settings: validate each once
+        if name in catalogued():
+            with contextlib.suppress(TypeError, ValueError):  # not JSON: validate every time
+                key = (name, json.dumps(dict(knobs), sort_keys=True))
+        if key in _RESOLVED:
+            return _RESOLVED[key]
+        info = _named(source, "method.name", method_info, name)
+        config = validate(info.config, knobs, source, prefix="method")
+        resolved = cls(name, config)
+        if key is not None and len(_RESOLVED) < _RESOLVED_MAX:
+            _RESOLVED[key] = resolved
+        return resolved
 
     def as_json(self) -> dict[str, Any]:
         """``{"name": ..., **config}`` as JSON data: what ``ChainSpec.method`` stores (and
         hashes into the chain id)."""
         return {"name": self.name, **self.config.model_dump(mode="json")}
+
+
+#: (method name, its knobs as sorted JSON) → the validated method (frozen, so shared).
+_RESOLVED: dict[tuple[str, str], MethodSpec] = {}
+_RESOLVED_MAX = 10_000
 
 
 class ChainSpec(StrictNumbers):
@@ -226,12 +242,15 @@ class ChainSpec(StrictNumbers):
     ) -> ChainSpec:
         """Validate raw data (plus ``key=value`` overrides) into a resolved spec or raise
         ``ClipclError`` naming the source, the key and what is allowed."""
-        raw = apply_overrides(dict(data), overrides)
+        # Without overrides a shallow copy will do: below, sections are replaced, never edited
+        # (deep-copying every chain's spec was a quarter of expanding a sweep).
+        raw = apply_overrides(dict(data), overrides) if overrides else dict(data)
         model = raw.get("model")
         if isinstance(model, dict) and model.get("pretrained") is None:
             # Unnamed weights: the architecture's default (packaged tiny CLIP, OpenAI's, none).
             arch = model.get("arch", ModelConfig.model_fields["arch"].default)
-            model["pretrained"] = _named(source, "model.arch", default_pretrained, str(arch))
+            pretrained = _named(source, "model.arch", default_pretrained, str(arch))
+            raw["model"] = {**model, "pretrained": pretrained}
         method = raw.get("method")
         if isinstance(method, str):
             method = {"name": method}
@@ -240,7 +259,7 @@ class ChainSpec(StrictNumbers):
         knobs = {k: v for k, v in method.items() if k != "name"}
         method_spec = MethodSpec.resolve(str(method["name"]), knobs, source)
         raw["method"] = method_spec.as_json()
-        cls_ = method_class(method_spec.name)
+        cls_ = method_info(method_spec.name)
         info = None
         if "benchmark" in raw:
             info = _named(source, "benchmark", benchmark_info, str(raw["benchmark"]))

@@ -12,44 +12,14 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from clipcl.data.catalog import BENCHMARK_DATASETS, DATA_ROOT_ENV, MTIL_ORDER_I, MTIL_ORDER_II
 from clipcl.data.real.base import Check, SubsetDataset, dataset_labels, get_dataset
 from clipcl.data.real.cache import load_splits
 from clipcl.data.task import Benchmark, Task, register_benchmark
 from clipcl.errors import ClipclError
 
-DATA_ROOT_ENV = "CLIPCL_DATA_ROOT"
-
-MTIL_ORDER_I = (
-    "Aircraft",
-    "Caltech101",
-    "CIFAR100",
-    "DTD",
-    "EuroSAT",
-    "Flowers",
-    "Food",
-    "MNIST",
-    "OxfordPet",
-    "StanfordCars",
-    "SUN397",
-)
-MTIL_ORDER_II = (
-    "StanfordCars",
-    "Food",
-    "MNIST",
-    "OxfordPet",
-    "Flowers",
-    "SUN397",
-    "Aircraft",
-    "Caltech101",
-    "DTD",
-    "EuroSAT",
-    "CIFAR100",
-)
 #: The CIL papers' prompt (METHODS.md §2), for training and evaluation.
 CIL_TEMPLATES = ("a bad photo of a {}.",)
-
-#: benchmark name → the datasets it reads.
-BENCHMARK_DATASETS: dict[str, tuple[str, ...]] = {}
 
 
 def resolve_data_root(data_root: str | Path | None, benchmark: str) -> Path:
@@ -84,8 +54,14 @@ def _require(benchmark: str, root: Path) -> None:
         )
 
 
+def _reads(name: str, datasets: tuple[str, ...]) -> None:
+    """Check that the catalog lists the datasets benchmark ``name`` is built from."""
+    if BENCHMARK_DATASETS.get(name) != datasets:
+        raise RuntimeError(f"benchmark '{name}' reads {datasets}: not what the catalog lists")
+
+
 def _mtil(name: str, order: Sequence[str]) -> Callable[..., Benchmark]:
-    BENCHMARK_DATASETS[name] = tuple(order)
+    _reads(name, tuple(order))
 
     @register_benchmark(name, protocol="til", task_names=list(order))
     def build(data_root: str | None = None) -> Benchmark:
@@ -145,7 +121,7 @@ def _cil(
     order: Callable[[], list[int]],
     select: Callable | None = None,
 ) -> None:
-    BENCHMARK_DATASETS[name] = (dataset,)
+    _reads(name, (dataset,))
     n_tasks = len(class_groups(list(range(num_classes)), initial, increment))
     names = [f"task{k + 1:02d}" for k in range(n_tasks)]
 
