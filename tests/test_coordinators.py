@@ -63,6 +63,36 @@ def test_a_marker_whose_pid_was_reused_is_stale_and_its_process_is_left_alone(
         other.wait()
 
 
+def test_a_killed_coordinator_not_yet_reaped_is_dead(tmp_path: Path) -> None:
+    """A SIGKILLed process stays a zombie until its parent reaps it (init may take seconds for
+    a detached coordinator): its pid and start time still match, but it runs nothing."""
+    from clipcl.orchestrator.coordinators import boot_id
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        start = process_start(child.pid)
+        assert start is not None
+        marker = _marker(
+            tmp_path,
+            "zombie",
+            pid=child.pid,
+            host=socket.gethostname(),
+            boot=boot_id(),
+            start=start,
+        )
+        assert live_coordinators(tmp_path) == {"c1": child.pid}
+        child.kill()
+        deadline = time.time() + 10  # not reaped (no wait() yet): a zombie once the kill lands
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.time() < deadline
+            time.sleep(0.01)
+        assert process_start(child.pid) is None
+        assert live_coordinators(tmp_path) == {} and not marker.exists()
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_this_process_is_a_live_coordinator_and_an_old_format_marker_is_not_trusted(
     tmp_path: Path,
 ) -> None:

@@ -51,12 +51,17 @@ def boot_id() -> str:
 
 
 def process_start(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot), or ``None`` if there is none."""
+    """When process ``pid`` started (clock ticks since boot), or ``None`` if there is none or it
+    has ended: a killed coordinator stays a zombie until its parent (for a detached one: init,
+    which may take seconds) reaps it, and a zombie runs nothing."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name in (...) may hold spaces
+    fields = stat.rsplit(")", 1)[1].split()  # the name in (...) may hold spaces
+    if fields[0] in {"Z", "X", "x"}:  # field 3, the state: zombie or dead
+        return None
+    return fields[19]  # field 22
 
 
 @dataclass(frozen=True)
