@@ -250,39 +250,15 @@ def _exit_if_not_done(root: Path, final: Mapping[str, str]) -> None:
 
 
 def _sweep_name(sweep: str | None) -> tuple[str | None, Path | None]:
-    """A sweep is named by its file or its name: (name, file)."""
-    if sweep is None:
-        return None, None
-    path = Path(sweep)
-    if path.suffix in {".yaml", ".yml"} or path.is_file():
-        from clipcl.sweeps import load_sweep
+    from clipcl.orchestrator.control import sweep_target
 
-        return load_sweep(path).name, path
-    return sweep, None
+    return sweep_target(sweep)
 
 
 def _root_for(sweep: str | None, root: Path | None) -> Path:
-    name, path = _sweep_name(sweep)
-    if root is not None:
-        return root
-    if path is not None:
-        from clipcl.sweeps import load_sweep
+    from clipcl.orchestrator.control import run_root
 
-        return load_sweep(path).run_root(path)
-    return Path("runs")
-
-
-def _refresh_backends(store, root: Path) -> bool:
-    """Ask the backends the store names about its active chains; whether a state changed."""
-    from clipcl.orchestrator.backends import refresh_store
-
-    before = {r.chain_id: r.state for r in store.chain_progress()}
-    try:
-        refresh_store(store, root)
-    except ClipclError as exc:
-        err.print(f"warning: cannot ask the scheduler about job states: {exc}", highlight=False)
-        return False
-    return before != {r.chain_id: r.state for r in store.chain_progress()}
+    return run_root(sweep, root)
 
 
 @app.command()
@@ -293,59 +269,47 @@ def status(
     limit: int = typer.Option(50, "--limit", min=0, help="Show at most this many chains."),
 ) -> None:
     """Chains and their states: counts per state and a table of chains."""
+    from clipcl.orchestrator.control import check_sweep_recorded, standing
     from clipcl.orchestrator.coordinator import Backoff
-    from clipcl.orchestrator.plan import reconcile_store
-    from clipcl.orchestrator.state import TERMINAL
-    from clipcl.results.store import DB_NAME, ResultsStore
 
     root = _root_for(sweep, root)
     name, _ = _sweep_name(sweep)
-    if not (root / DB_NAME).is_file():
-        raise ClipclError(f"no results store under {root} (submit a sweep first, or pass --root)")
-    if name is not None:
-        with ResultsStore(root) as store:
-            store.check_sweep(name)
+    check_sweep_recorded(root, name)
     backoff = Backoff(base=watch, cap=max(watch, 60.0)) if watch else None
     ask_at = 0.0
     while True:
-        with ResultsStore(root) as store:
-            if time.monotonic() >= ask_at:
-                changed = _refresh_backends(store, root)
-                ask_at = time.monotonic() + (backoff.next(changed) if backoff else 0)
-            store.ingest_root(root)
-            reconcile_store(store, root)  # nothing runs a chain the store says is running
-            rows = store.chain_progress(name)
-            corrupt = dict(store.corrupt)
-        shown = {r.chain_id: "corrupt" if r.chain_id in corrupt else r.state for r in rows}
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[shown[r.chain_id]] = counts.get(shown[r.chain_id], 0) + 1
+        due = time.monotonic() >= ask_at
+        now = standing(root, name, ask_backends=due)
+        if now.warning:
+            err.print(f"warning: {now.warning}", highlight=False)
+        if due:
+            ask_at = time.monotonic() + (backoff.next(now.changed) if backoff else 0)
         summary = f"{name or 'all chains'} under {root}: " + ", ".join(
-            f"{v} {k}" for k, v in sorted(counts.items())
+            f"{v} {k}" for k, v in now.counts().items()
         )
         out.print(summary, soft_wrap=True, highlight=False)  # one line, however long
         table = Table()
         cols = ("chain", "method", "benchmark", "seed", "settings", "state", "tasks", "attempts")
         for col in (*cols, "job"):
             table.add_column(col)
-        for r in rows[:limit]:
+        for r in now.rows[:limit]:
             table.add_row(
                 r.chain_id,
                 r.method,
                 r.benchmark,
                 str(r.seed),
                 ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(r.settings.items())) or "-",
-                shown[r.chain_id],
+                now.label(r),
                 f"{r.tasks_done}/{r.num_tasks}",
                 str(r.attempts),
                 str(r.job_id or ""),
             )
         out.print(table)
-        if len(rows) > limit:
-            out.print(f"… {len(rows) - limit} more chains (--limit)")
-        for chain_id in sorted(set(corrupt) & set(shown)):
-            err.print(f"corrupt: {chain_id}: {corrupt[chain_id]}", highlight=False, soft_wrap=True)
-        if not watch or all(shown[r.chain_id] in TERMINAL | {"corrupt"} for r in rows):
+        if len(now.rows) > limit:
+            out.print(f"… {len(now.rows) - limit} more chains (--limit)")
+        for chain_id, problem in now.corrupt_shown():
+            err.print(f"corrupt: {chain_id}: {problem}", highlight=False, soft_wrap=True)
+        if not watch or now.settled:
             return
         time.sleep(watch)
 
@@ -415,51 +379,19 @@ def logs(
         print("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
 
 
-def _chains_of(target: str, root: Path) -> list[str]:
-    """The chains a target names: a chain id under ``root``, or a sweep's (file or name)."""
-    from clipcl.results.records import RunDir, check_chain_id
-    from clipcl.results.store import DB_NAME, ResultsStore
-
-    try:
-        if RunDir.of(root, check_chain_id(target)).path.is_dir():
-            return [target]
-    except ClipclError:
-        pass  # not a chain id: a sweep
-    if not (root / DB_NAME).is_file():
-        raise ClipclError(f"no results store under {root} (submit a sweep first, or pass --root)")
-    name, _ = _sweep_name(target)
-    with ResultsStore(root) as store:
-        ids = [r.chain_id for r in store.chain_progress(name)]
-    if not ids:
-        raise ClipclError(f"'{target}' is neither a chain under {root} nor a recorded sweep")
-    return ids
-
-
 @app.command()
 def cancel(
     target: str = typer.Argument(..., help="Sweep file, sweep name or chain id."),
     root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
 ) -> None:
     """Stop running chains (their finished tasks are kept; submit again to resume)."""
-    from clipcl.orchestrator.backends import cancel_backend_jobs
-    from clipcl.orchestrator.coordinators import cancel_coordinators
-    from clipcl.results.store import ResultsStore
+    from clipcl.orchestrator.control import cancel_chains, chains_of
 
     root = root or _root_for(target if Path(target).suffix in {".yaml", ".yml"} else None, None)
-    ids = set(_chains_of(target, root))
-    stopped = cancel_coordinators(root, ids)
-    with ResultsStore(root) as store:
-        asked = cancel_backend_jobs(store, root, ids)
-        store.ingest_root(root)
-        active = [
-            r.chain_id
-            for r in store.chain_progress()
-            if r.chain_id in ids and r.state in {"queued", "running", "new"}
-        ]
-        store.set_states(active, "cancelled")
+    done = cancel_chains(root, set(chains_of(target, root)))
     out.print(
-        f"cancelled {len(active)} chains ({stopped} via their coordinator, "
-        f"{asked} Slurm jobs scancelled)"
+        f"cancelled {len(done.chains)} chains ({done.via_coordinator} via their coordinator, "
+        f"{done.scheduler_jobs} Slurm jobs scancelled)"
     )
 
 

@@ -3,7 +3,9 @@
 The plan expands the sweep, reads each chain's progress from its records on disk, finds the
 chains a live coordinator or a live scheduler job owns, and judges each chain's state with
 :func:`~clipcl.orchestrator.state.reconcile`. ``clipcl plan``, ``submit``, ``retry`` and
-``sbatch`` print or act on a plan; the detached coordinator is handed the plan's chains.
+``sbatch`` print or act on a plan; the detached coordinator is handed the plan's chains;
+``status`` and ``cancel`` start from a run root instead (:mod:`~clipcl.orchestrator.control`,
+with this module's :func:`judge` and :func:`reconcile_store`).
 Planning never writes anything unless asked to refresh what schedulers say (``ask_backends``).
 """
 
