@@ -85,25 +85,22 @@ def ray_vs_direct(chains: int, iterations: int) -> None:
 
 
 def plan_and_status(chains: int) -> None:
-    from clipcl.cli.sweep import _disk_progress, _records
+    from clipcl.orchestrator.plan import plan
     from clipcl.results.store import ResultsStore
-    from clipcl.sweeps import expand, load_sweep
 
     with tempfile.TemporaryDirectory() as tmp:
         sweep_path = Path(tmp) / "big.yaml"
         _sweep(sweep_path, chains, 5)
         root = Path(tmp) / "root"
         t0 = time.perf_counter()
-        entries = expand(load_sweep(sweep_path), str(sweep_path))
-        for e in entries:
-            _disk_progress(root, e.chain_id)
+        the_plan = plan(sweep_path, root)
         plan_s = time.perf_counter() - t0
         print(
-            f"plan of a {len(entries)}-chain sweep (load + expand + state lookup): "
-            f"{plan_s:.2f} s ({plan_s / 2:.2f} x goal)"
+            f"plan() of a {len(the_plan.chains)}-chain sweep in-process (load + expand + "
+            f"records + owners): {plan_s:.2f} s ({plan_s / 2:.2f} x goal)"
         )
         with ResultsStore(root) as store:
-            store.record_sweep("bench", str(sweep_path), {}, _records(entries))
+            store.record_sweep("bench", str(sweep_path), {}, the_plan.records())
         t0 = time.perf_counter()
         with ResultsStore(root) as store:
             store.ingest_root(root)

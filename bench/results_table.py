@@ -7,7 +7,7 @@ What it measures, on synthetic data (random accuracies, nothing is trained):
   end to end: ``ResultsStore.eval_rows_frame`` (SQLite → pandas) + ``summarize`` + ``render``.
 * status: ``ResultsStore.chain_progress`` for the same 10 000 chains.
 * ingest: ``ResultsStore.ingest_root`` of 1 000 chain run directories written with the real
-  ``ChainRecords`` API (10 tasks, 110 rows each incl. the zero-shot pass), chains recorded by a
+  ``RunDir`` API (10 tasks, 110 rows each incl. the zero-shot pass), chains recorded by a
   sweep first, as ``clipcl submit`` does; then again with nothing changed (all skipped).
 
 The 10 000-chain store is filled with direct SQL inserts (building 10 000 run directories would
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from clipcl.results.records import ChainRecords, EvalRow
+from clipcl.results.records import EvalRow, RunDir
 from clipcl.results.store import ChainRecord, ResultsStore
 from clipcl.results.tables import render, summarize
 
@@ -55,7 +55,7 @@ def _records(n_chains: int, n_tasks: int) -> list[ChainRecord]:
         spec["seed"] = seed
         recs.append(
             ChainRecord(
-                f"c{k:06d}", method, "synthetic", "til", seed, {"train.lr": lr}, spec, n_tasks
+                f"{k:012x}", method, "synthetic", "til", seed, {"train.lr": lr}, spec, n_tasks
             )
         )
     return recs
@@ -91,7 +91,7 @@ def _write_run_dirs(root: Path, recs: list[ChainRecord], n_tasks: int) -> None:
     rng = np.random.default_rng(1)
     names = [f"task{i}" for i in range(n_tasks)]
     for rec in recs:
-        records = ChainRecords(root / "chains" / rec.chain_id)
+        records = RunDir.of(root, rec.chain_id)
         records.run_dir.mkdir(parents=True)
         records.spec_path.write_text("{}")
         acc = rng.integers(0, 101, size=(n_tasks + 1, n_tasks))
