@@ -60,7 +60,7 @@ def measure(
         **{**defaults, "iterations": args.steps, "batch_size": args.batch, "warmup_steps": 0},
         precision=args.precision,
     )
-    ctx0 = TaskContext(0, bench.tasks[0], bench)
+    ctx0 = TaskContext(0, bench.tasks[0], bench, seed=0)
     loader0 = make_loader(
         bench.tasks[0].train, args.batch, shuffle=True, seed=0, num_workers=0, pin_memory=False
     )
@@ -68,7 +68,7 @@ def measure(
     t0 = time.perf_counter()
     method.after_task(ctx0, loader0)
     build = time.perf_counter() - t0
-    ctx1 = TaskContext(1, bench.tasks[1], bench)
+    ctx1 = TaskContext(1, bench.tasks[1], bench, seed=1)
     loader1 = make_loader(
         bench.tasks[1].train, args.batch, shuffle=True, seed=1, num_workers=0, pin_memory=False
     )

@@ -201,7 +201,7 @@ def bench_model(
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch=model_name, pretrained=None), device)
     task, benchmark = synthetic_task(model.image_size, batch * max(1, min(steps, 8)))
-    ctx = TaskContext(index=0, task=task, benchmark=benchmark)
+    ctx = TaskContext(index=0, task=task, benchmark=benchmark, seed=0)
     method = create_method("finetune", {"train_mode": "whole"})
     method.setup(model)
     method.before_task(ctx)
