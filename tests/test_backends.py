@@ -166,6 +166,42 @@ def test_local_backend_runs_three_chains_two_at_a_time_like_direct_runs(tmp_path
     assert "local worker" in log and '"chain_id"' in log  # stderr and stdout both logged
 
 
+HOLD_LOCK = (
+    "import sys; from clipcl.results.records import RunDir\n"
+    "with RunDir(sys.argv[1]).lock('held'):\n"
+    "    print('held', flush=True); sys.stdin.read()"
+)
+
+
+def test_a_chain_another_process_holds_waits_queued_then_runs(tmp_path: Path) -> None:
+    """A worker left running by a killed coordinator holds its chain: the backend starts no
+    twin (which would fail as already running) but waits, lets other chains pass, then runs it."""
+    held, free = smoke_spec(seed=0, iterations=4), smoke_spec(seed=1, iterations=4)
+    held_job = prepare_job(held, tmp_path / "held")
+    free_job = prepare_job(free, tmp_path / "free")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(held_job.run_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with LocalBackend(max_parallel=2, gpus=[]) as backend:
+            first, second = backend.submit([held_job, free_job])
+            assert second.result(timeout=600)["chain_id"] == free.chain_id
+            assert first.state() == "queued" and not RunDir(held_job.run_dir).pid_path.exists()
+            assert holder.stdin is not None
+            holder.stdin.close()  # the other worker ends
+            holder.wait(30)
+            result = first.result(timeout=600)
+        assert first.state() == "done" and result["chain_id"] == held.chain_id
+        assert result["matrix"] == direct_matrix(held, tmp_path / "direct")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 @pytest.mark.slow
 def test_run_jobs_reports_states_and_never_exceeds_max_parallel(tmp_path: Path) -> None:
     specs = [smoke_spec(seed=s, iterations=2) for s in range(3)]

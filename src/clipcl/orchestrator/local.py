@@ -36,6 +36,7 @@ from clipcl.orchestrator.backends import BackendOptions
 from clipcl.results.records import RunDir
 
 GRACE_S = 10.0  # SIGTERM → SIGKILL
+HELD_RETRY_S = 1.0  # how often a chain another process holds is looked at again
 
 
 def visible_gpus() -> list[str]:
@@ -162,6 +163,8 @@ class LocalBackend(CoordinatedBackend):
         self._running: list[LocalJob] = []
         self._all: list[LocalJob] = []
         self._closed = False
+        #: Looks again at queued chains whose lock another process held.
+        self._held_timer: threading.Timer | None = None
 
     @classmethod
     def from_options(cls, options: BackendOptions) -> LocalBackend:
@@ -208,6 +211,13 @@ class LocalBackend(CoordinatedBackend):
             f" ({', '.join(self.gpus) or 'none visible'})"
         )
 
+    def _retry_held(self) -> None:
+        """Look again at the queued chains another process held."""
+        with self._lock:
+            self._held_timer = None
+            if not self._closed:
+                self._pump()
+
     def _pump(self) -> None:
         """Start queued jobs while slots (and GPUs) are free; call with the lock held."""
         for handle in list(self._queue):
@@ -216,6 +226,14 @@ class LocalBackend(CoordinatedBackend):
             need = handle.job.resources.gpus
             if need > len(self._free_gpus):
                 continue  # a smaller job behind it may fit
+            if RunDir(handle.job.run_dir).locked():
+                # a worker this backend did not start (left running by a killed coordinator)
+                # still trains the chain: start ours once it ends, to resume or find it done
+                if self._held_timer is None:
+                    self._held_timer = threading.Timer(HELD_RETRY_S, self._retry_held)
+                    self._held_timer.daemon = True
+                    self._held_timer.start()
+                continue
             self._queue.remove(handle)
             handle._gpu_ids, self._free_gpus = self._free_gpus[:need], self._free_gpus[need:]
             try:
