@@ -7,6 +7,12 @@ checkpoint verifies; a missing or corrupt checkpoint sends that task back to be 
 Every task is seeded from (seed, k) alone, so a resumed chain is bit-identical on CPU; that
 derived seed is also the hook context's ``TaskContext.seed``, from which methods seed their own
 generators.
+
+Inside a task, a snapshot (workers/snapshot.py) is written every ``checkpoint_every_min``
+minutes of training and when a stop is requested (workers/stop.py); resuming prefers it: task
+k − 1's checkpoint, then task k's seeding and ``before_task``, then the snapshot's weights,
+method task state, optimizer, RNGs and data position. A snapshot of another chain, task or
+training length, or a corrupt one, is reported, recorded as an event and ignored.
 """
 
 from __future__ import annotations
@@ -34,8 +40,19 @@ from clipcl.progress import ChainProgress
 from clipcl.results.metrics import cil_metrics, mtil_metrics
 from clipcl.results.records import ZEROSHOT, ChainBusy, RunDir, TaskRecord  # noqa: F401
 from clipcl.workers.evaluate import evaluate
+from clipcl.workers.snapshot import (
+    SnapshotError,
+    SnapshotHook,
+    TaskSnapshot,
+    capture_rng,
+    check_parameters,
+    load_parameters,
+    read_snapshot,
+    trainable_parameters,
+)
 from clipcl.workers.spec import ChainSpec
-from clipcl.workers.train import train_task
+from clipcl.workers.stop import Preempted, StopRequest
+from clipcl.workers.train import StepState, TrainResume, train_task
 
 
 @dataclass
@@ -123,6 +140,96 @@ def _prune_checkpoints(records: RunDir, keep: int) -> None:
     records.save_state(state)
 
 
+def _snapshot_of(
+    records: RunDir,
+    spec: ChainSpec,
+    benchmark: Benchmark,
+    start: int,
+    stop_at: int,
+    dev: torch.device,
+    progress: ChainProgress,
+) -> TaskSnapshot | None:
+    """The chain's snapshot if it continues task ``start`` of this chain; ``None`` if there is
+    none. A corrupt or stale one is reported, recorded and removed."""
+    path = records.snapshot_path
+    try:
+        snapshot = read_snapshot(path, map_location=dev)
+        if snapshot.chain_id != spec.chain_id:
+            raise SnapshotError(f"it is of chain {snapshot.chain_id}")
+        if snapshot.task != start or start >= stop_at:
+            raise SnapshotError(f"it is of task {snapshot.task}, and task {start} is next")
+        if snapshot.task_name != benchmark.tasks[start].name:
+            raise SnapshotError(f"it is of task '{snapshot.task_name}'")
+    except FileNotFoundError:
+        return None
+    except SnapshotError as exc:
+        _drop_snapshot(records, str(exc), progress)
+        return None
+    return snapshot
+
+
+def _drop_snapshot(records: RunDir, why: str, progress: ChainProgress) -> None:
+    path = records.snapshot_path
+    progress.message(f"ignoring the snapshot {path}: {why}")
+    state = records.load_state()
+    state.events.append({"event": "bad_snapshot", "detail": why, "time": time.time()})
+    records.save_state(state)
+    path.unlink(missing_ok=True)
+
+
+def _apply_snapshot(
+    records: RunDir,
+    snapshot: TaskSnapshot,
+    model: Any,
+    method: Method,
+    steps: int,
+    progress: ChainProgress,
+) -> TrainResume | None:
+    """Put the snapshot's weights and method task state in place (after ``before_task``);
+    return where training resumes, or ``None`` (reported) when the snapshot does not fit."""
+    try:
+        if snapshot.steps != steps or not 0 <= snapshot.step <= steps:
+            raise SnapshotError(f"it is of a {snapshot.steps}-step task, this one has {steps}")
+        check_parameters(snapshot, model)
+    except SnapshotError as exc:
+        _drop_snapshot(records, str(exc), progress)
+        return None
+    load_parameters(snapshot, model)
+    try:
+        method.load_task_state_dict(snapshot.method)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        records.snapshot_path.unlink(missing_ok=True)  # the next run starts the task afresh
+        raise RuntimeError(
+            f"the snapshot of task {snapshot.task} did not fit {method.name}'s task state "
+            f"({exc}); it is removed, run the chain again"
+        ) from exc
+    progress.message(
+        f"resuming task {snapshot.task} at step {snapshot.step}/{steps} from its snapshot"
+    )
+    return TrainResume(
+        snapshot.step, snapshot.optimizer, snapshot.scaler, snapshot.rng, snapshot.recent
+    )
+
+
+def _snapshot_now(
+    chain_id: str, task: int, name: str, model: Any, method: Method, state: StepState
+) -> TaskSnapshot:
+    """The snapshot of the training state after ``state.step``."""
+    return TaskSnapshot(
+        chain_id=chain_id,
+        task=task,
+        task_name=name,
+        step=state.step,
+        steps=state.steps,
+        params={n: p.detach() for n, p in trainable_parameters(model).items()},
+        method=method.task_state_dict(),
+        optimizer=state.optimizer.state_dict(),
+        scaler=state.scaler.state_dict(),
+        rng=capture_rng(),
+        recent=list(state.recent),
+    )
+
+
 def load_result(
     spec: ChainSpec,
     benchmark: Benchmark,
@@ -164,11 +271,14 @@ def run_chain(
     device: str | None = None,
     progress: ChainProgress | None = None,
     until_task: int | None = None,
+    stop: StopRequest | None = None,
 ) -> ChainResult:
     """Run (or resume) the chain ``spec`` in ``run_dir``; return its matrix and metrics.
 
     ``until_task``: stop once tasks ``0..until_task-1`` are finished (one Slurm job per task
-    runs a chain piecewise); ``None`` runs every task.
+    runs a chain piecewise); ``None`` runs every task. ``stop``: polled after every step and
+    between tasks; once requested, the chain snapshots and raises
+    :class:`~clipcl.workers.stop.Preempted`.
     """
     progress = progress or ChainProgress()
     records = RunDir(run_dir)
@@ -182,7 +292,7 @@ def run_chain(
     records.place_spec(spec, len(benchmark.tasks))
     with records.lock(spec.chain_id):
         return _run_locked(
-            spec, records, benchmark, model, method, dev, progress, until_task, data_root
+            spec, records, benchmark, model, method, dev, progress, until_task, data_root, stop
         )
 
 
@@ -196,6 +306,7 @@ def _run_locked(
     progress: ChainProgress,
     until_task: int | None = None,
     data_root: str | None = None,
+    stop: StopRequest | None = None,
 ) -> ChainResult:
     progress.message(
         f"chain {spec.chain_id}: {spec.method_name} on {spec.benchmark} "
@@ -228,11 +339,15 @@ def _run_locked(
         progress.message(f"all {start} tasks already finished")
     elif start > 0:
         progress.message(f"resuming after task {start} of {len(benchmark.tasks)}")
-    stop = len(benchmark.tasks) if until_task is None else min(until_task, len(benchmark.tasks))
-    if start < stop < len(benchmark.tasks):
-        progress.message(f"this job runs tasks {start}..{stop - 1}")
-    trained_now = []
-    for k in range(start, stop):
+    stop_at = len(benchmark.tasks) if until_task is None else min(until_task, len(benchmark.tasks))
+    if start < stop_at < len(benchmark.tasks):
+        progress.message(f"this job runs tasks {start}..{stop_at - 1}")
+    trained_now: list[int] = []
+    snapshot = _snapshot_of(records, spec, benchmark, start, stop_at, dev, progress)
+    for k in range(start, stop_at):
+        if stop is not None and stop.requested:
+            progress.message(f"stopping before task {k}: {stop.reason}")
+            raise Preempted(str(stop.reason), bool(trained_now))
         task = benchmark.tasks[k]
         derived = seed_everything(spec.seed, k)
         ctx = TaskContext(
@@ -249,12 +364,38 @@ def _run_locked(
         t0 = time.time()
         method.before_task(ctx)
         if method.trains:
-            progress.task_started(k, task.name, spec.train.steps_for(len(loader)))
+            steps = spec.train.steps_for(len(loader))
+            resume = None
+            if snapshot is not None and snapshot.task == k:
+                resume = _apply_snapshot(records, snapshot, model, method, steps, progress)
+            progress.task_started(k, task.name, steps)
 
             def on_step(step: int, steps: int, loss: float, k: int = k) -> None:
                 progress.step(k, step, steps, loss)
 
-            train_task(model, method, ctx, spec.train, loader, on_step=on_step)
+            def make(state: StepState, k: int = k, name: str = task.name) -> TaskSnapshot:
+                return _snapshot_now(spec.chain_id, k, name, model, method, state)
+
+            hook = SnapshotHook(
+                records.snapshot_path,
+                make,
+                spec.checkpoint_every_min * 60,
+                stop,
+                bool(trained_now),
+                resume.step if resume is not None else 0,
+                progress.message,
+                k,
+            )
+            train_task(
+                model,
+                method,
+                ctx,
+                spec.train,
+                loader,
+                on_step=on_step,
+                resume=resume,
+                after_step=hook,
+            )
         method.after_task(ctx, loader)
         done = TaskRecord()
         if method.trains:
@@ -275,6 +416,7 @@ def _run_locked(
         state = records.load_state()
         state.completed[k] = done
         records.save_state(state)
+        records.snapshot_path.unlink(missing_ok=True)  # the task is finished: its snapshot is done
         _prune_checkpoints(records, spec.keep_checkpoints)
         trained_now.append(k)
         progress.task_finished(k, task.name, [r.top1 for r in rows])
