@@ -8,6 +8,7 @@ loading the images of the steps it already trained.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import torch
@@ -45,37 +46,64 @@ def cycle(loader: DataLoader, start: int = 0) -> Iterator:
 
     ``start``: begin at the batch ``cycle(loader)`` yields ``start``-th (0-based), on a loader
     freshly made with the same seed. Skipped batches are never loaded: the loader's random
-    draws (a worker base seed per iterator, a permutation per epoch) are replayed, and the
-    batches still due are loaded by one-off loaders given the base seed the uninterrupted
-    stream had. The datasets are functions of the index (no random augmentation), so every
-    batch is the one the uninterrupted stream yields; with worker processes a batch may be
-    loaded by another worker than it would have been.
+    draws are replayed at once (a worker base seed per iterator, an epoch's permutation, and
+    the sampler's last, empty draw when the stream moves past an epoch), and the batches still
+    due in the current epoch are loaded by a one-off loader. The datasets are functions of the
+    index (no random augmentation), so every batch is the one the uninterrupted stream yields.
+    Without worker processes the loader's generator also goes through the same states, so a
+    later pass over the loader (an ``after_task`` statistics pass) sees the same batches too;
+    with persistent workers only the training batches are guaranteed.
     """
     if start <= 0:
-        while True:
-            yield from loader
+        return _forever(loader)
     per_epoch = len(loader)
     if per_epoch == 0:
         raise ValueError("cannot skip ahead in a loader without batches")
+    if loader.persistent_workers and loader.num_workers > 0:
+        return _skip_persistent(loader, start)
     epochs, offset = divmod(start, per_epoch)
+    if offset == 0:  # at an epoch's end the stream has not moved past it yet
+        epochs, offset = epochs - 1, per_epoch
+    generator = loader.generator
+    for _ in range(epochs):
+        _draw_base_seed(generator)
+        _batches_of_epoch(loader)
+    seed_state = generator.get_state() if generator is not None else None
+    _draw_base_seed(generator)
+    pending = iter(loader.batch_sampler)  # type: ignore[arg-type]
+    batches = [list(b) for b in itertools.islice(pending, per_epoch)]  # draws the permutation
+    return _resumed(loader, _one_off(loader, seed_state, offset, batches), pending)
+
+
+def _forever(loader: DataLoader) -> Iterator:
+    while True:
+        yield from loader
+
+
+def _resumed(loader: DataLoader, rest: DataLoader, pending: Iterator) -> Iterator:
+    """The rest of the current epoch, then (moving past it, as the loader would) the next."""
+    yield from rest
+    for _ in pending:  # the sampler's closing draw
+        pass
+    yield from _forever(loader)
+
+
+def _skip_persistent(loader: DataLoader, start: int) -> Iterator:
+    """``cycle(loader, start)`` for persistent workers: one iterator draws its base seed once;
+    every epoch from here on is loaded by a one-off loader given that seed."""
+    epochs, offset = divmod(start, len(loader))
     generator = loader.generator
     first_state = generator.get_state() if generator is not None else None
-    persistent = loader.persistent_workers and loader.num_workers > 0
-    for epoch in range(epochs):
-        if epoch == 0 or not persistent:  # a persistent iterator draws its seed once
-            _draw_base_seed(generator)
+    _draw_base_seed(generator)
+    for _ in range(epochs):
         _batches_of_epoch(loader)
-    if not persistent:
-        if offset:
-            yield from _one_off(loader, _epoch_seed_state(loader), offset)
+
+    def stream(offset: int) -> Iterator:
         while True:
-            yield from loader
-    # Persistent workers: the stream's one base seed, drawn from the loader's first state.
-    if epochs == 0:
-        _draw_base_seed(generator)
-    while True:
-        yield from _one_off(loader, first_state, offset, _batches_of_epoch(loader))
-        offset = 0
+            yield from _one_off(loader, first_state, offset, _batches_of_epoch(loader))
+            offset = 0
+
+    return stream(offset)
 
 
 def _draw_base_seed(generator: torch.Generator | None) -> None:
@@ -86,14 +114,6 @@ def _draw_base_seed(generator: torch.Generator | None) -> None:
 def _batches_of_epoch(loader: DataLoader) -> list[list[int]]:
     """The index batches of the loader's next epoch (advances its sampler's draws only)."""
     return [list(batch) for batch in loader.batch_sampler]  # type: ignore[union-attr]
-
-
-def _epoch_seed_state(loader: DataLoader) -> torch.Tensor | None:
-    """The generator's state before the next epoch's base-seed draw (made here)."""
-    generator = loader.generator
-    state = generator.get_state() if generator is not None else None
-    _draw_base_seed(generator)
-    return state
 
 
 def _one_off(
