@@ -99,7 +99,7 @@ def render_sbatch(
         '  end=$(date -d "$(squeue -h -j "$SLURM_JOB_ID" -o %e)" +%s 2>/dev/null || echo 0)',
         "  left=$(( end - $(date +%s) ))",
         "  if (( left - DELAY > 1 && left <= DELAY + 90 )); then sleep $(( left - DELAY )); fi",
-        '  echo "stopping the worker of job $SLURM_JOB_ID (snapshot), then requeueing"',
+        '  echo "stopping the worker (it snapshots its step), then requeueing job $SLURM_JOB_ID"',
         '  kill -USR2 "$WORKER" 2>/dev/null',
         '  while kill -0 "$WORKER" 2>/dev/null && (( waited < DELAY / 2 )); do',
         "    sleep 1; waited=$(( waited + 1 ))",
