@@ -185,7 +185,7 @@ class Icarl(Finetune):
         return {"generator": self._gen.get_state()}
 
     def load_task_state_dict(self, state: dict[str, Any]) -> None:
-        self._gen.set_state(state["generator"])
+        self._gen.set_state(state["generator"].cpu())
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -239,7 +239,7 @@ class ZSCL(Finetune):
         self._we_n = int(state["we_n"])
         self._step = int(state["step"])
         self._merged_at = int(state["merged_at"])
-        self._gen.set_state(state["generator"])
+        self._gen.set_state(state["generator"].cpu())
 
     def after_task(self, ctx: TaskContext, loader) -> None:
         if self.config.we:

@@ -146,17 +146,22 @@ def _snapshot_of(
     benchmark: Benchmark,
     start: int,
     stop_at: int,
-    dev: torch.device,
     progress: ChainProgress,
 ) -> TaskSnapshot | None:
     """The chain's snapshot if it continues task ``start`` of this chain; ``None`` if there is
-    none. A corrupt or stale one is reported, recorded and removed."""
+    none. A corrupt or stale one is reported, recorded and removed. Loaded on the CPU: the
+    weights are copied into the model and the optimizer moves its state to the parameters'
+    device, while RNG and generator states must stay CPU tensors."""
     path = records.snapshot_path
+    if start >= stop_at:  # this run trains nothing: a later one may need the snapshot
+        if start == len(benchmark.tasks):
+            path.unlink(missing_ok=True)  # the chain is finished
+        return None
     try:
-        snapshot = read_snapshot(path, map_location=dev)
+        snapshot = read_snapshot(path)
         if snapshot.chain_id != spec.chain_id:
             raise SnapshotError(f"it is of chain {snapshot.chain_id}")
-        if snapshot.task != start or start >= stop_at:
+        if snapshot.task != start:
             raise SnapshotError(f"it is of task {snapshot.task}, and task {start} is next")
         if snapshot.task_name != benchmark.tasks[start].name:
             raise SnapshotError(f"it is of task '{snapshot.task_name}'")
@@ -343,7 +348,7 @@ def _run_locked(
     if start < stop_at < len(benchmark.tasks):
         progress.message(f"this job runs tasks {start}..{stop_at - 1}")
     trained_now: list[int] = []
-    snapshot = _snapshot_of(records, spec, benchmark, start, stop_at, dev, progress)
+    snapshot = _snapshot_of(records, spec, benchmark, start, stop_at, progress)
     for k in range(start, stop_at):
         if stop is not None and stop.requested:
             progress.message(f"stopping before task {k}: {stop.reason}")

@@ -65,10 +65,10 @@ def restore_rng(state: dict[str, Any]) -> None:
     version, mt, gauss = state["python"]
     random.setstate((version, tuple(mt), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 @dataclass
@@ -284,13 +284,17 @@ class SnapshotHook:
         due = self.every_s > 0 and time.monotonic() - self._last >= self.every_s
         if stopping or due:
             t0 = time.monotonic()
-            size = write_snapshot(self.path, self.make(state))
-            seconds = time.monotonic() - t0
             why = f"on {self.stop.reason}" if stopping and self.stop else "due"
-            self.say(
-                f"snapshot of task {self.task} at step {state.step}/{state.steps} ({why}): "
-                f"{size / 2**20:.1f} MiB in {seconds:.2f} s"
-            )
+            try:
+                size = write_snapshot(self.path, self.make(state))
+            except OSError as exc:  # a full disk costs the snapshot, not the chain
+                self.say(f"snapshot of task {self.task} at step {state.step} failed: {exc}")
+            else:
+                seconds = time.monotonic() - t0
+                self.say(
+                    f"snapshot of task {self.task} at step {state.step}/{state.steps} ({why}): "
+                    f"{size / 2**20:.1f} MiB in {seconds:.2f} s"
+                )
             self._last = time.monotonic()
         if stopping and self.stop is not None:
             progressed = self.moved_on or state.step > self.first_step
