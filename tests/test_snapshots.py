@@ -33,7 +33,8 @@ from clipcl.models import load_checkpoint
 from clipcl.progress import ChainProgress
 from clipcl.results.records import RunDir
 from clipcl.workers import ChainSpec, run_chain
-from clipcl.workers.snapshot import KILL_ENV, read_snapshot, write_snapshot
+from clipcl.workers.midtask import KILL_ENV
+from clipcl.workers.snapshot import read_snapshot, write_snapshot
 from clipcl.workers.stop import EXIT_PREEMPTED, Preempted, StopRequest, stop_on_signals
 from tests.helpers import assert_same, tiny_spec
 

@@ -8,11 +8,11 @@ Every task is seeded from (seed, k) alone, so a resumed chain is bit-identical o
 derived seed is also the hook context's ``TaskContext.seed``, from which methods seed their own
 generators.
 
-Inside a task, a snapshot (workers/snapshot.py) is written every ``checkpoint_every_min``
-minutes of training and when a stop is requested (workers/stop.py); resuming prefers it: task
-k − 1's checkpoint, then task k's seeding and ``before_task``, then the snapshot's weights,
-method task state, optimizer, RNGs and data position. A snapshot of another chain, task or
-training length, or a corrupt one, is reported, recorded as an event and ignored.
+Inside a task, a snapshot (workers/midtask.py, workers/snapshot.py) is written every
+``checkpoint_every_min`` minutes of training and when a stop is requested (workers/stop.py);
+resuming prefers it: task k − 1's checkpoint, then task k's seeding and ``before_task``, then the
+snapshot's weights, method task state, optimizer, RNGs and data position. A snapshot of another
+chain, task or training length, or a corrupt one, is reported, recorded as an event and ignored.
 """
 
 from __future__ import annotations
@@ -40,19 +40,11 @@ from clipcl.progress import ChainProgress
 from clipcl.results.metrics import cil_metrics, mtil_metrics
 from clipcl.results.records import ZEROSHOT, ChainBusy, RunDir, TaskRecord  # noqa: F401
 from clipcl.workers.evaluate import evaluate
-from clipcl.workers.snapshot import (
-    SnapshotError,
-    SnapshotHook,
-    TaskSnapshot,
-    capture_rng,
-    check_parameters,
-    load_parameters,
-    read_snapshot,
-    trainable_parameters,
-)
+from clipcl.workers.midtask import SnapshotHook, apply_snapshot, find_snapshot, snapshot_now
+from clipcl.workers.snapshot import TaskSnapshot
 from clipcl.workers.spec import ChainSpec
 from clipcl.workers.stop import Preempted, StopRequest
-from clipcl.workers.train import StepState, TrainResume, train_task
+from clipcl.workers.train import StepState, train_task
 
 
 @dataclass
@@ -138,101 +130,6 @@ def _prune_checkpoints(records: RunDir, keep: int) -> None:
         (records.path / str(state.completed[k].checkpoint)).unlink(missing_ok=True)
         state.completed[k].checkpoint = None
     records.save_state(state)
-
-
-def _snapshot_of(
-    records: RunDir,
-    spec: ChainSpec,
-    benchmark: Benchmark,
-    start: int,
-    stop_at: int,
-    progress: ChainProgress,
-) -> TaskSnapshot | None:
-    """The chain's snapshot if it continues task ``start`` of this chain; ``None`` if there is
-    none. A corrupt or stale one is reported, recorded and removed. Loaded on the CPU: the
-    weights are copied into the model and the optimizer moves its state to the parameters'
-    device, while RNG and generator states must stay CPU tensors."""
-    path = records.snapshot_path
-    if start >= stop_at:  # this run trains nothing: a later one may need the snapshot
-        if start == len(benchmark.tasks):
-            path.unlink(missing_ok=True)  # the chain is finished
-        return None
-    try:
-        snapshot = read_snapshot(path)
-        if snapshot.chain_id != spec.chain_id:
-            raise SnapshotError(f"it is of chain {snapshot.chain_id}")
-        if snapshot.task != start:
-            raise SnapshotError(f"it is of task {snapshot.task}, and task {start} is next")
-        if snapshot.task_name != benchmark.tasks[start].name:
-            raise SnapshotError(f"it is of task '{snapshot.task_name}'")
-    except FileNotFoundError:
-        return None
-    except SnapshotError as exc:
-        _drop_snapshot(records, str(exc), progress)
-        return None
-    return snapshot
-
-
-def _drop_snapshot(records: RunDir, why: str, progress: ChainProgress) -> None:
-    path = records.snapshot_path
-    progress.message(f"ignoring the snapshot {path}: {why}")
-    state = records.load_state()
-    state.events.append({"event": "bad_snapshot", "detail": why, "time": time.time()})
-    records.save_state(state)
-    path.unlink(missing_ok=True)
-
-
-def _apply_snapshot(
-    records: RunDir,
-    snapshot: TaskSnapshot,
-    model: Any,
-    method: Method,
-    steps: int,
-    progress: ChainProgress,
-) -> TrainResume | None:
-    """Put the snapshot's weights and method task state in place (after ``before_task``);
-    return where training resumes, or ``None`` (reported) when the snapshot does not fit."""
-    try:
-        if snapshot.steps != steps or not 0 <= snapshot.step <= steps:
-            raise SnapshotError(f"it is of a {snapshot.steps}-step task, this one has {steps}")
-        check_parameters(snapshot, model)
-    except SnapshotError as exc:
-        _drop_snapshot(records, str(exc), progress)
-        return None
-    load_parameters(snapshot, model)
-    try:
-        method.load_task_state_dict(snapshot.method)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        records.snapshot_path.unlink(missing_ok=True)  # the next run starts the task afresh
-        raise RuntimeError(
-            f"the snapshot of task {snapshot.task} did not fit {method.name}'s task state "
-            f"({exc}); it is removed, run the chain again"
-        ) from exc
-    progress.message(
-        f"resuming task {snapshot.task} at step {snapshot.step}/{steps} from its snapshot"
-    )
-    return TrainResume(
-        snapshot.step, snapshot.optimizer, snapshot.scaler, snapshot.rng, snapshot.recent
-    )
-
-
-def _snapshot_now(
-    chain_id: str, task: int, name: str, model: Any, method: Method, state: StepState
-) -> TaskSnapshot:
-    """The snapshot of the training state after ``state.step``."""
-    return TaskSnapshot(
-        chain_id=chain_id,
-        task=task,
-        task_name=name,
-        step=state.step,
-        steps=state.steps,
-        params={n: p.detach() for n, p in trainable_parameters(model).items()},
-        method=method.task_state_dict(),
-        optimizer=state.optimizer.state_dict(),
-        scaler=state.scaler.state_dict(),
-        rng=capture_rng(),
-        recent=list(state.recent),
-    )
 
 
 def load_result(
@@ -348,7 +245,7 @@ def _run_locked(
     if start < stop_at < len(benchmark.tasks):
         progress.message(f"this job runs tasks {start}..{stop_at - 1}")
     trained_now: list[int] = []
-    snapshot = _snapshot_of(records, spec, benchmark, start, stop_at, progress)
+    snapshot = find_snapshot(records, spec, benchmark, start, stop_at, progress)
     for k in range(start, stop_at):
         if stop is not None and stop.requested:
             progress.message(f"stopping before task {k}: {stop.reason}")
@@ -372,14 +269,14 @@ def _run_locked(
             steps = spec.train.steps_for(len(loader))
             resume = None
             if snapshot is not None and snapshot.task == k:
-                resume = _apply_snapshot(records, snapshot, model, method, steps, progress)
+                resume = apply_snapshot(records, snapshot, model, method, steps, progress)
             progress.task_started(k, task.name, steps)
 
             def on_step(step: int, steps: int, loss: float, k: int = k) -> None:
                 progress.step(k, step, steps, loss)
 
             def make(state: StepState, k: int = k, name: str = task.name) -> TaskSnapshot:
-                return _snapshot_now(spec.chain_id, k, name, model, method, state)
+                return snapshot_now(spec.chain_id, k, name, model, method, state)
 
             hook = SnapshotHook(
                 records.snapshot_path,

@@ -19,23 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
-import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
 from clipcl.durable import atomic_write_stream
-from clipcl.workers.stop import Preempted, StopRequest
-
-if TYPE_CHECKING:
-    from clipcl.workers.train import StepState
 
 MAGIC = b"clipcl-snapshot"
 FORMAT = 1
@@ -226,76 +219,3 @@ def load_parameters(snapshot: TaskSnapshot, model: torch.nn.Module) -> None:
     """Copy the snapshot's parameters into ``model`` (after :func:`check_parameters`)."""
     for name, p in trainable_parameters(model).items():
         p.copy_(snapshot.params[name])
-
-
-#: Test-only: ``"K:N"`` makes the worker SIGKILL itself after step N of task K, before that
-#: step's snapshot (tests kill a chain at exact points inside tasks).
-KILL_ENV = "CLIPCL_TEST_SIGKILL_AFTER"
-
-
-def _kill_point() -> tuple[int, int] | None:
-    value = os.environ.get(KILL_ENV)
-    if not value:
-        return None
-    task, step = value.split(":")
-    return int(task), int(step)
-
-
-class SnapshotHook:
-    """The step hook of one task: a snapshot every ``every_s`` seconds of training, and one on
-    a stop request, after which :class:`~clipcl.workers.stop.Preempted` stops the chain.
-
-    Args:
-        path: The chain's snapshot file.
-        make: Builds the snapshot of a step's :class:`~clipcl.workers.train.StepState`.
-        every_s: Seconds of training between snapshots (0: only on a stop request).
-        stop: The worker's stop request (``None``: no signals are handled).
-        moved_on: Whether this run already finished a task (so a stop has made progress).
-        first_step: The step this run started the task at.
-        say: Where one line per snapshot goes (the worker log).
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        make: Callable[[StepState], TaskSnapshot],
-        every_s: float,
-        stop: StopRequest | None,
-        moved_on: bool,
-        first_step: int,
-        say: Callable[[str], None],
-        task: int,
-    ) -> None:
-        self.path = path
-        self.make = make
-        self.every_s = every_s
-        self.stop = stop
-        self.moved_on = moved_on
-        self.first_step = first_step
-        self.say = say
-        self.task = task
-        self._last = time.monotonic()
-        self._kill = _kill_point()
-
-    def __call__(self, state: StepState) -> None:
-        if self._kill == (self.task, state.step):
-            os.kill(os.getpid(), signal.SIGKILL)
-        stopping = self.stop is not None and self.stop.requested
-        due = self.every_s > 0 and time.monotonic() - self._last >= self.every_s
-        if stopping or due:
-            t0 = time.monotonic()
-            why = f"on {self.stop.reason}" if stopping and self.stop else "due"
-            try:
-                size = write_snapshot(self.path, self.make(state))
-            except OSError as exc:  # a full disk costs the snapshot, not the chain
-                self.say(f"snapshot of task {self.task} at step {state.step} failed: {exc}")
-            else:
-                seconds = time.monotonic() - t0
-                self.say(
-                    f"snapshot of task {self.task} at step {state.step}/{state.steps} ({why}): "
-                    f"{size / 2**20:.1f} MiB in {seconds:.2f} s"
-                )
-            self._last = time.monotonic()
-        if stopping and self.stop is not None:
-            progressed = self.moved_on or state.step > self.first_step
-            raise Preempted(str(self.stop.reason), progressed)
