@@ -378,9 +378,10 @@ def test_sbatch_script_requeues_itself_on_usr2_and_resumes(
 def test_task_longer_than_the_time_limit_finishes_through_requeues(
     slurm_cluster: None, tmp_path: Path
 ) -> None:
-    """One task of ~3 minutes, a 1-minute limit, ``max_requeues: 1``: every USR2 stops the
-    worker after its step with a snapshot and requeues the job; requeues that made progress
-    are not counted, so the task finishes (a plain countdown would give up after one)."""
+    """One task of 1200 steps (~2 minutes of training; 5 jobs of 45 s on a loaded 2-core
+    machine), a 1-minute limit, ``max_requeues: 1``: every USR2 stops the worker after its step
+    with a snapshot and requeues the job; requeues that made progress are not counted, so the
+    task finishes (a plain countdown would give up at the second USR2)."""
     from clipcl.resources import Resources
     from clipcl.slurm.settings import SlurmSettings
     from clipcl.slurm.submit import ChainTask, make_executor
