@@ -8,39 +8,19 @@ runs are shared per session (``resume_runs``) with the methods' own checks on th
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
-import torch
 
 from clipcl.methods import method_class, method_names
 from clipcl.models import load_checkpoint
 from clipcl.results.records import RunDir
-from tests.helpers import resume_cases
+from tests.helpers import assert_same, resume_cases
 
 CASES = [
     pytest.param(name, case.label, id=name if case.label == "default" else f"{name}-{case.label}")
     for name in method_names()
     for case in resume_cases(name)
 ]
-
-
-def _assert_same(a: Any, b: Any, where: str) -> None:
-    """Equal tensors (bit for bit), mappings, sequences and plain values, recursively."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, where
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            _assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 @pytest.mark.parametrize(("method", "label"), CASES)
@@ -59,5 +39,5 @@ def test_chain_resumed_after_task_k_gives_the_identical_matrix(
         load_checkpoint(RunDir(d).checkpoint_path(last), None)
         for d in (runs.full_dir, runs.resumed_dir)
     )
-    _assert_same(full["model"], resumed["model"], "model")
-    _assert_same(full["method"], resumed["method"], "method")
+    assert_same(full["model"], resumed["model"], "model")
+    assert_same(full["method"], resumed["method"], "method")

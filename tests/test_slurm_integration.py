@@ -340,7 +340,7 @@ def test_job_hitting_its_time_limit_is_requeued_and_finishes(
     history = " ".join(sacct_rows(job.job_id))
     assert (restarts and restarts[0] >= 1) or "REQUEUED" in history, (info, history)
     logs = cli("logs", entry.chain_id, "--root", str(root)).stdout
-    assert "s left: requeueing" in logs and "resuming after task" in logs
+    assert "s left: stopping" in logs and "resuming after task" in logs
     assert "TIMEOUT" not in history
 
 
@@ -373,3 +373,48 @@ def test_sbatch_script_requeues_itself_on_usr2_and_resumes(
     assert "resuming after task" in logs
     assert "REQUEUED" in " ".join(sacct_rows(element))
     assert chain_matrix(root, entry) == direct_matrix(entry.spec, tmp_path / "direct")
+
+
+def test_task_longer_than_the_time_limit_finishes_through_requeues(
+    slurm_cluster: None, tmp_path: Path
+) -> None:
+    """One task of 1200 steps (~2 minutes of training; 5 jobs of 45 s on a loaded 2-core
+    machine), a 1-minute limit, ``max_requeues: 1``: every USR2 stops the worker after its step
+    with a snapshot and requeues the job; requeues that made progress are not counted, so the
+    task finishes (a plain countdown would give up at the second USR2)."""
+    from clipcl.resources import Resources
+    from clipcl.slurm.settings import SlurmSettings
+    from clipcl.slurm.submit import ChainTask, make_executor
+    from clipcl.workers import run_chain
+    from tests.helpers import tiny_spec
+
+    spec = tiny_spec("finetune", iterations=1200)
+    run_dir = tmp_path / "runs" / "chains" / spec.chain_id
+    records = RunDir(run_dir)
+    records.place_spec(spec)
+    settings = SlurmSettings(signal_delay_s=15, max_requeues=1)
+    resources = Resources(cpus=1, mem_gb=2, timeout_min=1)
+    executor = make_executor(tmp_path / "runs", settings, resources, "clipcl-longtask")
+    job = executor.submit(ChainTask(str(run_dir), None, 1, settings.signal_delay_s))
+    # meanwhile, the reference in this process (one thread, as a job's worker)
+    reference = run_chain(spec, tmp_path / "direct", until_task=1).to_json()["matrix"]
+
+    def ended() -> bool:
+        queued = subprocess.run(["squeue", "-h", "-j", str(job.job_id)], capture_output=True)
+        return not queued.stdout.strip()
+
+    wait_for(ended, 1500, "the long task's job to end")
+    history = sacct_rows(str(job.job_id))
+    assert records.tasks_done() == 1, (history, job.stderr())
+    assert history.count(f"{job.job_id}|REQUEUED") >= 2, history
+    assert "TIMEOUT" not in " ".join(history) and history[-1].endswith("COMPLETED"), history
+    matrix = chain_matrix_of(spec, run_dir)
+    assert matrix[0] == reference[0]
+
+
+def chain_matrix_of(spec: Any, run_dir: Path) -> list[Any]:
+    from clipcl.data import get_benchmark
+    from clipcl.workers import load_result
+
+    result = load_result(spec, get_benchmark(spec.benchmark), RunDir(run_dir))
+    return result.to_json()["matrix"]

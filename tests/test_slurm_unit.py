@@ -363,3 +363,31 @@ def test_one_watcher_asks_sacct_once_for_every_handle_and_backs_off(tmp_path):
     c = SlurmJob("c", [{"job_id": "10_1", "chain_id": "c"}], tmp_path / "c", 2, slow)
     assert c.state() == "queued" and c.state() == "queued"
     assert len(run.calls) == before + 1 and slow.queries == 1
+
+
+def test_usr2_in_a_job_requests_a_stop_and_the_requeue_runs_submitits_handler(monkeypatch):
+    """A preemption USR2 (the job's end time unknown: ``squeue`` knows no such job) requests
+    the worker's stop at once; once the worker has stopped, the requeue calls the handler that
+    was installed before (submitit's) exactly once, and the fallback timer is disarmed."""
+    import signal
+
+    from clipcl.slurm.submit import defer_requeue_to_deadline
+    from clipcl.workers.stop import StopRequest
+
+    calls: list[int] = []
+    before = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    alarm = signal.getsignal(signal.SIGALRM)
+    monkeypatch.setenv("SLURM_JOB_ID", "999999999")
+    stop = StopRequest()
+    try:
+        requeue = defer_requeue_to_deadline(10, stop)
+        assert requeue is not None
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert stop.reason == "SIGUSR2" and calls == []
+        requeue(False)
+        assert calls == [signal.SIGUSR2]
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGUSR2, before)
+        signal.signal(signal.SIGALRM, alarm)

@@ -9,8 +9,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def _umask() -> int:
@@ -44,6 +45,42 @@ def atomic_write_bytes(path: Path, data: bytes) -> str:
         raise
     _fsync_dir(path.parent)
     return hashlib.sha256(data).hexdigest()
+
+
+def atomic_write_stream(path: Path, write: Callable[[BinaryIO], None]) -> str:
+    """Atomically replace ``path`` with what ``write(file)`` writes (streamed, never held in
+    memory whole); return the SHA-256 hex digest of the content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            hashing = _HashingWriter(f)
+            write(hashing)  # type: ignore[arg-type]
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return hashing.digest.hexdigest()
+
+
+class _HashingWriter:
+    """A binary writer that hashes what passes through it."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.out.write(data)
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

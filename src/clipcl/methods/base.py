@@ -36,6 +36,11 @@ above the benchmark's defaults and below the sweep's ``train:`` settings.
 ``check_model(model)`` runs first, before anything is evaluated; ``setup(model)`` runs once per
 chain after the zero-shot evaluation and before a checkpoint's method state is restored with
 ``load_state_dict`` (a resumed chain then continues with ``before_task`` of the next task).
+
+A chain resumed *inside* task k (from a mid-task snapshot, workers/snapshot.py) restores task
+k − 1's checkpoint, seeds, calls ``before_task`` as above, then restores the trainable weights
+and ``load_task_state_dict`` with what ``task_state_dict`` returned after the snapshot's step,
+and continues with the next step. Between two steps is the only time either is called.
 """
 
 from __future__ import annotations
@@ -148,3 +153,18 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
+
+    def task_state_dict(self) -> dict[str, Any]:
+        """What the steps of the current task changed besides the trainable weights and the
+        optimizer: step counters, running averages, the state of generators drawn from in
+        ``extra_loss``... (values as ``state_dict``'s). Empty for a method whose steps change
+        nothing else: ``before_task`` rebuilds everything it needs."""
+        return {}
+
+    def load_task_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``task_state_dict`` returned, after ``before_task`` of the same task.
+
+        Raises:
+            ValueError: ``state`` does not fit this method and task (checked before any
+            change).
+        """

@@ -213,6 +213,11 @@ class DMNSP(Method):
             tops, self.bases, self.config.top_k_ratio, self.config.lambda_scale
         )
         self._first = {}
+        self._arm_projection()
+
+    def _arm_projection(self) -> None:
+        """The layer multipliers from ``lambdas``, and the projection that uses them."""
+        assert self.lambdas is not None
         rel = (
             self.lambdas / self.config.lambda_scale if self.config.project_update else self.lambdas
         )
@@ -274,6 +279,23 @@ class DMNSP(Method):
     def after_step(self) -> None:
         if self._q is not None and self._projection is not None:
             self._projection.after_step()
+
+    def task_state_dict(self) -> dict[str, Any]:
+        """The λ table of this task, once its first step has made it."""
+        return {} if self.lambdas is None else {"lambdas": self.lambdas.clone()}
+
+    def load_task_state_dict(self, state: dict[str, Any]) -> None:
+        lambdas = state.get("lambdas")
+        if lambdas is None:
+            return  # stopped before the first step: that step still makes the table
+        if self._q is None:
+            raise ValueError("dmnsp task state: a λ table for a task that projects nothing")
+        if lambdas.shape[0] != len(self.visual):
+            raise ValueError(f"dmnsp task state: λ table of shape {tuple(lambdas.shape)}")
+        self._arming.close()
+        self._first = {}
+        self.lambdas = lambdas.cpu()  # as lambda_table makes it (from CPU covariances)
+        self._arm_projection()
 
     def after_task(self, ctx: TaskContext, loader: DataLoader) -> None:
         self._arming.close()

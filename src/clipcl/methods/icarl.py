@@ -180,6 +180,13 @@ class Icarl(Finetune):
         self.ex_index = torch.cat(index).long()
         self.ex_label = torch.cat(label).long()
 
+    def task_state_dict(self) -> dict[str, Any]:
+        """The exemplar generator's state (the text caches are rebuilt from frozen towers)."""
+        return {"generator": self._gen.get_state()}
+
+    def load_task_state_dict(self, state: dict[str, Any]) -> None:
+        self._gen.set_state(state["generator"].cpu())
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "task": self.ex_task.clone(),

@@ -12,9 +12,11 @@ Batches are drawn from per-task loaders seeded from the task seed and the other 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from clipcl.data import Task, cycle, make_loader
 from clipcl.methods.base import StepOutputs, TaskContext
@@ -38,6 +40,7 @@ class Joint(Finetune):
         tasks = ctx.benchmark.tasks
         others = tasks[: ctx.index] if self.config.scope == "seen" else tasks
         self._others: list[tuple[Task, Iterator]] = []
+        self._loaders: list[DataLoader] = []
         for task in others:
             if task.name == ctx.task.name:
                 continue
@@ -50,6 +53,21 @@ class Joint(Finetune):
                 pin_memory=False,
             )
             self._others.append((task, cycle(loader)))
+            self._loaders.append(loader)
+        self._drawn = 0  # batches drawn from each other task's stream in this task
+
+    def task_state_dict(self) -> dict[str, Any]:
+        """How far the other tasks' batch streams are (one batch each per step)."""
+        return {"drawn": self._drawn}
+
+    def load_task_state_dict(self, state: dict[str, Any]) -> None:
+        drawn = int(state["drawn"])
+        # the streams are seeded: skip ahead without loading the batches already drawn
+        self._others = [
+            (task, cycle(loader, drawn))
+            for (task, _), loader in zip(self._others, self._loaders, strict=True)
+        ]
+        self._drawn = drawn
 
     def extra_loss(
         self, batch: tuple[torch.Tensor, torch.Tensor], outputs: StepOutputs
@@ -65,4 +83,5 @@ class Joint(Finetune):
             logits = model.logit_scale() * feats.float() @ classes.float().t()
             loss = F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
             total = loss if total is None else total + loss
+        self._drawn += 1
         return total

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -219,6 +220,26 @@ class ZSCL(Finetune):
         self._step += 1
         if self.config.we and self._step % self.config.avg_freq == 0:
             self._merge()
+
+    def task_state_dict(self) -> dict[str, Any]:
+        """The weight ensemble so far, the step counter and the reference stream's state."""
+        return {
+            "we": [t.clone() for t in self._we],
+            "we_n": self._we_n,
+            "step": self._step,
+            "merged_at": self._merged_at,
+            "generator": self._gen.get_state(),
+        }
+
+    def load_task_state_dict(self, state: dict[str, Any]) -> None:
+        we = list(state["we"])
+        if [tuple(t.shape) for t in we] != [tuple(t.shape) for t in self._we]:
+            raise ValueError("zscl task state: the weight ensemble does not fit the model")
+        self._we = [t.to(q) for t, q in zip(we, self._we, strict=True)]
+        self._we_n = int(state["we_n"])
+        self._step = int(state["step"])
+        self._merged_at = int(state["merged_at"])
+        self._gen.set_state(state["generator"].cpu())
 
     def after_task(self, ctx: TaskContext, loader) -> None:
         if self.config.we:

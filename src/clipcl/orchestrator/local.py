@@ -34,6 +34,7 @@ from clipcl.orchestrator.backend import (
 )
 from clipcl.orchestrator.backends import BackendOptions
 from clipcl.results.records import RunDir
+from clipcl.workers.stop import EXIT_PREEMPTED
 
 GRACE_S = 10.0  # SIGTERM → SIGKILL
 HELD_RETRY_S = 1.0  # how often a chain another process holds is looked at again
@@ -329,6 +330,8 @@ class LocalBackend(CoordinatedBackend):
     def _failure(self, handle: LocalJob, returncode: int) -> str:
         if returncode < 0:
             what = f"killed by {signal.Signals(-returncode).name}"
+        elif returncode == EXIT_PREEMPTED:
+            what = "stopped on a signal after snapshotting its step (clipcl retry resumes it)"
         else:
             what = f"exited with code {returncode}"
         tail = _log_tail(handle.log_path, handle._log_offset)

@@ -45,17 +45,26 @@ def chain_task(run_dir: str, data_root: str | None, threads: int, gpus: int) -> 
 
     Returns:
         The chain's result JSON.
+
+    A SIGTERM (a node drained) stops the chain after its step with a snapshot; the worker
+    process then exits with ``EXIT_PREEMPTED``, which Ray treats as a dead worker and retries
+    (``max_retries``) — the retry resumes at that step.
     """
     from clipcl.workers.__main__ import StreamProgress, run_chain_dir
+    from clipcl.workers.stop import EXIT_PREEMPTED, Preempted
 
     device = "cpu" if gpus == 0 else None
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     with open(RunDir(run_dir).log_path, "a", encoding="utf-8") as log:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         print(f"--- {stamp} ray worker pid {os.getpid()}", file=log, flush=True)
-        return run_chain_dir(
-            run_dir, data_root, device, threads=threads, progress=StreamProgress(log)
-        )
+        try:
+            return run_chain_dir(
+                run_dir, data_root, device, threads=threads, progress=StreamProgress(log)
+            )
+        except Preempted as exc:
+            print(f"{exc}; exiting for Ray to retry", file=log, flush=True)
+            os._exit(EXIT_PREEMPTED)
 
 
 def _pid_snapshot(run_dir: Path) -> tuple[int, str] | None:

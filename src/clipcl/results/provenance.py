@@ -26,9 +26,10 @@ _VERSIONED = ("clipcl", "torch", "open_clip_torch", "ray")
 
 
 def config_hash(spec: Mapping[str, Any]) -> str:
-    """Hash of a resolved spec without ``seed`` and ``keep_checkpoints``: seeds of one setting
-    share it."""
-    rest = {k: v for k, v in spec.items() if k not in ("seed", "keep_checkpoints")}
+    """Hash of a resolved spec without ``seed``, ``keep_checkpoints`` and
+    ``checkpoint_every_min``: seeds of one setting share it."""
+    skip = ("seed", "keep_checkpoints", "checkpoint_every_min")
+    rest = {k: v for k, v in spec.items() if k not in skip}
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -7,6 +7,8 @@ Layout of ``<root>/chains/<chain_id>/``::
     state.json       finished tasks, their checkpoint checksums, the number of tasks
                      (atomic replace; read and written as a typed :class:`ChainState`)
     ckpt/task_KKK.pt checkpoints (atomic, SHA-256 in state.json)
+    ckpt/snapshot.pt the mid-task snapshot of the task in progress (at most one; atomic, its
+                     SHA-256 inside; removed once that task is finished)
     .lock            flock held by the one process that trains the chain
     worker.pid       the PID of the worker holding the lock
     worker.log       the worker's stdout/stderr (local and Ray backends)
@@ -40,6 +42,7 @@ SPEC_FILE = "spec.json"
 ROWS_FILE = "rows.jsonl"
 STATE_FILE = "state.json"
 CKPT_DIR = "ckpt"
+SNAPSHOT_FILE = "snapshot.pt"
 LOCK_FILE = ".lock"
 PID_FILE = "worker.pid"
 LOG_FILE = "worker.log"
@@ -186,6 +189,7 @@ class RunDir:
         self.lock_path = self.path / LOCK_FILE
         self.pid_path = self.path / PID_FILE
         self.log_path = self.path / LOG_FILE
+        self.snapshot_path = self.path / CKPT_DIR / SNAPSHOT_FILE
 
     @classmethod
     def of(cls, root: str | Path, chain_id: str) -> RunDir:

@@ -2,8 +2,9 @@
 
 Element ``i`` of the array runs the chain worker for chain ``i`` of the script's list; results
 land in the run directories of the sweep's root, where ``clipcl results`` / ``status`` ingest
-them. Near the time limit Slurm sends USR2 to the batch shell, which requeues the element; the
-requeued element resumes after the chain's last finished task. Every value that comes from the
+them. Near the time limit Slurm sends USR2 to the batch shell, which passes it on to the worker
+(it finishes its step and writes a mid-task snapshot) and requeues the element; the requeued
+element resumes at that step. Every value that comes from the
 sweep file is shell-quoted (``#SBATCH`` values too: sbatch unquotes them); the sweep's
 ``slurm.setup`` lines are shell commands by design and are copied as they are.
 """
@@ -89,15 +90,20 @@ def render_sbatch(
         'CHAIN="${CHAINS[$SLURM_ARRAY_TASK_ID]}"',
         "",
         "# USR2 comes signal_delay_s before the time limit (Slurm may send it up to a minute",
-        "# early) or on preemption: requeue this element at signal_delay_s before the end (at once",
-        "# for preemption); it resumes after the chain's last finished task.",
+        "# early) or on preemption: at signal_delay_s before the end (at once for preemption)",
+        "# the worker is told to stop; it finishes its step, writes a snapshot and exits, then",
+        "# this element is requeued and resumes at that step (requeued anyway after DELAY/2 s).",
         f"DELAY={int(settings.signal_delay_s)}",
         "requeue() {",
-        "  local end left",
+        "  local end left waited=0",
         '  end=$(date -d "$(squeue -h -j "$SLURM_JOB_ID" -o %e)" +%s 2>/dev/null || echo 0)',
         "  left=$(( end - $(date +%s) ))",
         "  if (( left - DELAY > 1 && left <= DELAY + 90 )); then sleep $(( left - DELAY )); fi",
-        '  echo "requeueing job $SLURM_JOB_ID"',
+        '  echo "stopping the worker (it snapshots its step), then requeueing job $SLURM_JOB_ID"',
+        '  kill -USR2 "$WORKER" 2>/dev/null',
+        '  while kill -0 "$WORKER" 2>/dev/null && (( waited < DELAY / 2 )); do',
+        "    sleep 1; waited=$(( waited + 1 ))",
+        "  done",
         '  scontrol requeue "$SLURM_JOB_ID"',
         "}",
         "trap requeue USR2",

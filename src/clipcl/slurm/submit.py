@@ -3,8 +3,9 @@
 ``chain_mode: whole``: chains go out as job arrays (one element per chain, throttled with
 ``%N``, split at the cluster's ``MaxArraySize``). Each element runs :class:`ChainTask`, a
 submitit ``Checkpointable``: ``signal_delay_s`` before the time limit (or on preemption) Slurm
-sends USR2, submitit requeues the job, and the restarted job resumes after the chain's last
-finished task.
+sends USR2, the worker finishes its step and writes a mid-task snapshot, submitit requeues the
+job, and the restarted job resumes at that step. Requeues after progress do not count against
+``max_requeues``, so a task longer than the time limit finishes over several jobs.
 
 ``chain_mode: per-task``: one job per task. Chains that start at the same task and have the
 same number of tasks form a group; the group's task-k array depends on its task-(k-1) array
@@ -19,10 +20,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import submitit
 
@@ -30,6 +31,9 @@ from clipcl.resources import Resources
 from clipcl.slurm.commands import SlurmError
 from clipcl.slurm.settings import SlurmSettings, submitit_parameters
 from clipcl.slurm.track import BACKEND_NAME
+
+if TYPE_CHECKING:
+    from clipcl.workers.stop import StopRequest
 
 #: USR2 earlier than this before the end time cannot be the time-limit warning (which Slurm
 #: may send up to a minute early): it is a preemption notice, acted on at once.
@@ -47,40 +51,76 @@ def job_end_time(job_id: str) -> float | None:
         return None
 
 
-def defer_requeue_to_deadline(delay_s: float) -> None:
-    """Make the time-limit USR2 requeue the job ``delay_s`` before its end, not earlier.
+Requeue = Callable[[bool], None]
+
+
+def _credit_progress(original: Callable[..., Any]) -> None:
+    """Make submitit's handler not count this requeue against ``max_requeues``: it subtracts
+    one from the job's time-out countdown when the job timed out, so one is added first."""
+    handler = getattr(original, "__self__", None)
+    delayed = getattr(handler, "_delayed", None)
+    if delayed is not None and handler is not None and handler.has_timed_out():
+        delayed._timeout_countdown += 1
+
+
+def defer_requeue_to_deadline(delay_s: float, stop: StopRequest) -> Requeue | None:
+    """Turn the time-limit USR2 into a stop request ``delay_s`` before the job's end, not
+    earlier; return the requeue to call once the worker has stopped (``None`` outside a job).
 
     Slurm checks ``--signal`` times about once a minute, so USR2 can arrive up to a minute
-    before ``delay_s``; with short limits that would requeue a job before it finished anything.
-    This wraps submitit's handler (installed before the job's function runs): a USR2 within
-    ``delay_s + WARNING_SLACK_S`` of the end time arms a timer that calls submitit's handler
-    ``delay_s`` before the end; any other USR2 (preemption) calls it at once.
+    before ``delay_s``; with short limits that would stop a job before it did anything. This
+    wraps submitit's handler (installed before the job's function runs): a USR2 within
+    ``delay_s + WARNING_SLACK_S`` of the end time arms a timer that requests the stop
+    ``delay_s`` before the end; any other USR2 (preemption) requests it at once. The worker
+    then finishes its step, writes a snapshot and raises ``Preempted``; the caller calls the
+    returned requeue, which runs submitit's handler (checkpoint and requeue) — a requeue after
+    progress does not count against ``max_requeues``. Should the worker not stop within half
+    of ``delay_s`` (it is evaluating, say), submitit's handler runs from the timer instead.
     """
     job_id = os.environ.get("SLURM_JOB_ID")
     original = signal.getsignal(signal.SIGUSR2)
     if not job_id or not callable(original):
-        return
+        return None
+
+    def fallback(*_: Any) -> None:
+        print("the worker did not stop in time: requeueing without a snapshot", file=sys.stderr)
+        original(signal.SIGUSR2, None)
+
+    def request_stop(*_: Any) -> None:
+        stop.request("SIGUSR2")
+        signal.signal(signal.SIGALRM, fallback)
+        signal.setitimer(signal.ITIMER_REAL, max(delay_s / 2, 1.0))
 
     def on_usr2(signum: int, frame: Any) -> None:
         end = job_end_time(job_id)
         remaining = (end - time.time()) if end is not None else 0.0
         wait = remaining - delay_s
         if wait > 1.0 and remaining <= delay_s + WARNING_SLACK_S:
-            print(f"USR2 with {remaining:.0f} s left: requeueing in {wait:.0f} s", file=sys.stderr)
-            signal.signal(signal.SIGALRM, lambda *_: original(signum, None))
+            print(f"USR2 with {remaining:.0f} s left: stopping in {wait:.0f} s", file=sys.stderr)
+            signal.signal(signal.SIGALRM, request_stop)
             signal.setitimer(signal.ITIMER_REAL, wait)
         else:
-            print(f"USR2 with {remaining:.0f} s left: requeueing now", file=sys.stderr)
-            original(signum, frame)
+            print(f"USR2 with {remaining:.0f} s left: stopping now", file=sys.stderr)
+            request_stop()
+
+    def requeue(progressed: bool) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)  # the fallback is not needed
+        if progressed:
+            _credit_progress(original)
+        original(signal.SIGUSR2, None)
 
     signal.signal(signal.SIGUSR2, on_usr2)
+    return requeue
 
 
 class ChainTask(submitit.helpers.Checkpointable):
     """The callable a Slurm job runs: the chain worker on one run directory.
 
-    ``checkpoint`` (inherited) resubmits the same call: the chain's own records are the
-    checkpoint, so the requeued job resumes after its last finished task.
+    ``checkpoint`` (inherited) resubmits the same call: the chain's own records (its task
+    checkpoints and mid-task snapshot) are the checkpoint, so the requeued job resumes at the
+    step its predecessor stopped at. USR2 stops the worker after its step and requeues the
+    job; SIGTERM (``scancel``, preemption) stops it after its step with a snapshot, and Slurm
+    decides whether the job comes back.
     """
 
     def __init__(
@@ -97,16 +137,27 @@ class ChainTask(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict[str, Any]:
         from clipcl.workers.__main__ import StreamProgress, run_chain_dir
+        from clipcl.workers.stop import Preempted, StopRequest, stop_on_signals
 
-        defer_requeue_to_deadline(self.signal_delay_s)
+        stop = StopRequest()
         threads = int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
-        return run_chain_dir(
-            self.run_dir,
-            self.data_root,
-            threads=threads,
-            progress=StreamProgress(sys.stderr),
-            until_task=self.until_task,
-        )
+        with stop_on_signals(stop, (signal.SIGTERM,)):  # USR2: submitit's handler, wrapped
+            requeue = defer_requeue_to_deadline(self.signal_delay_s, stop)
+            try:
+                return run_chain_dir(
+                    self.run_dir,
+                    self.data_root,
+                    threads=threads,
+                    progress=StreamProgress(sys.stderr),
+                    until_task=self.until_task,
+                    stop=stop,
+                )
+            except Preempted as exc:
+                print(f"chain {exc}", file=sys.stderr, flush=True)
+                if requeue is None or exc.reason != "SIGUSR2":
+                    raise
+                requeue(exc.progressed)
+                raise  # submitit's handler exits; this is not reached
 
 
 @dataclass(frozen=True)

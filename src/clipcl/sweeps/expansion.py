@@ -92,6 +92,7 @@ def expand(sweep: SweepFile, source: str = "sweep") -> list[ChainEntry]:
                         "eval": copy.deepcopy(eval_),
                         "seed": seed,
                         "keep_checkpoints": sweep.keep_checkpoints,
+                        "checkpoint_every_min": sweep.checkpoint_every_min,
                     }
                     label = ", ".join(f"{k}={v!r}" for k, v in assignment)
                     where = (

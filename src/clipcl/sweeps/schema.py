@@ -154,6 +154,9 @@ class SweepFile(StrictNumbers):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     resources: Resources = Field(default_factory=Resources)
     keep_checkpoints: int = Field(2, ge=0)
+    checkpoint_every_min: float = Field(
+        10.0, ge=0, description="Minutes of training between mid-task snapshots (0 = none)."
+    )
     slurm: SlurmSettings = Field(
         default_factory=SlurmSettings, description="Slurm backend settings (chain_mode, ...)."
     )

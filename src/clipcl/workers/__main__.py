@@ -5,7 +5,8 @@ Owns the contract between a backend and one chain: the run directory holds ``spe
 records its PID in ``worker.pid``, runs or resumes the chain with
 :func:`clipcl.workers.run_chain` and prints the result as one JSON line on stdout. Progress
 goes to stderr. Exit codes: 0 done, 2 bad input (``ClipclError``, one line on
-stderr), 1 anything else (traceback on stderr).
+stderr), 1 anything else (traceback on stderr), 75 (:data:`~clipcl.workers.stop.EXIT_PREEMPTED`)
+stopped on SIGTERM or SIGUSR2 after snapshotting the step in progress: run it again to resume.
 
 Backends that run chains in-process (Ray) call :func:`run_chain_dir` directly. This module
 never imports an orchestration framework.
@@ -14,6 +15,7 @@ never imports an orchestration framework.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import traceback
@@ -28,6 +30,7 @@ from clipcl.results.records import RunDir
 from clipcl.validation import validate
 from clipcl.workers.chain import ChainProgress, run_chain
 from clipcl.workers.spec import ChainSpec
+from clipcl.workers.stop import EXIT_PREEMPTED, Preempted, StopRequest, stop_on_signals
 
 
 class StreamProgress(ChainProgress):
@@ -64,6 +67,7 @@ def run_chain_dir(
     threads: int | None = None,
     progress: ChainProgress | None = None,
     until_task: int | None = None,
+    stop: StopRequest | None = None,
 ) -> dict[str, Any]:
     """Run or resume the chain whose spec is ``run_dir/spec.json``; return its result JSON.
 
@@ -74,12 +78,15 @@ def run_chain_dir(
         threads: Torch intra-op threads (``None``: leave as is).
         progress: A ``ChainProgress`` receiving events (``None``: none).
         until_task: Stop once tasks ``0..until_task-1`` are finished (``None``: all).
+        stop: The stop request the caller's signal handlers set (``None``: SIGTERM and
+            SIGUSR2 set one here, in the main thread).
 
     Returns:
         ``ChainResult.to_json()`` of the finished chain.
 
     Raises:
         ClipclError: The spec or the inputs it names are invalid.
+        Preempted: A stop was requested; the step in progress is snapshotted.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -90,14 +97,18 @@ def run_chain_dir(
         records.write_pid()
         if threads is not None and threads > 0:
             torch.set_num_threads(threads)
-        result = run_chain(
-            spec,
-            run_dir,
-            data_root=data_root,
-            device=device,
-            progress=progress,
-            until_task=until_task,
-        )
+        own = stop is None
+        stop = stop or StopRequest()
+        with stop_on_signals(stop) if own else contextlib.nullcontext(stop):
+            result = run_chain(
+                spec,
+                run_dir,
+                data_root=data_root,
+                device=device,
+                progress=progress,
+                until_task=until_task,
+                stop=stop,
+            )
     return result.to_json()
 
 
@@ -120,7 +131,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the worker; return the process exit code (0 done, 2 bad input, 1 bug)."""
+    """Run the worker; return the process exit code (0 done, 2 bad input, 1 bug, 75 stopped
+    on a signal)."""
     args = _parse_args(argv)
     try:
         out = run_chain_dir(
@@ -134,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClipclError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except Preempted as exc:
+        print(f"{exc}; run the worker again to resume", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
     except Exception:
         traceback.print_exc(file=sys.stderr)
         sys.stderr.flush()

@@ -7,6 +7,12 @@ checkpoint verifies; a missing or corrupt checkpoint sends that task back to be 
 Every task is seeded from (seed, k) alone, so a resumed chain is bit-identical on CPU; that
 derived seed is also the hook context's ``TaskContext.seed``, from which methods seed their own
 generators.
+
+Inside a task, a snapshot (workers/midtask.py, workers/snapshot.py) is written every
+``checkpoint_every_min`` minutes of training and when a stop is requested (workers/stop.py);
+resuming prefers it: task k − 1's checkpoint, then task k's seeding and ``before_task``, then the
+snapshot's weights, method task state, optimizer, RNGs and data position. A snapshot of another
+chain, task or training length, or a corrupt one, is reported, recorded as an event and ignored.
 """
 
 from __future__ import annotations
@@ -34,8 +40,11 @@ from clipcl.progress import ChainProgress
 from clipcl.results.metrics import cil_metrics, mtil_metrics
 from clipcl.results.records import ZEROSHOT, ChainBusy, RunDir, TaskRecord  # noqa: F401
 from clipcl.workers.evaluate import evaluate
+from clipcl.workers.midtask import SnapshotHook, apply_snapshot, find_snapshot, snapshot_now
+from clipcl.workers.snapshot import TaskSnapshot
 from clipcl.workers.spec import ChainSpec
-from clipcl.workers.train import train_task
+from clipcl.workers.stop import Preempted, StopRequest
+from clipcl.workers.train import StepState, train_task
 
 
 @dataclass
@@ -164,11 +173,14 @@ def run_chain(
     device: str | None = None,
     progress: ChainProgress | None = None,
     until_task: int | None = None,
+    stop: StopRequest | None = None,
 ) -> ChainResult:
     """Run (or resume) the chain ``spec`` in ``run_dir``; return its matrix and metrics.
 
     ``until_task``: stop once tasks ``0..until_task-1`` are finished (one Slurm job per task
-    runs a chain piecewise); ``None`` runs every task.
+    runs a chain piecewise); ``None`` runs every task. ``stop``: polled after every step and
+    between tasks; once requested, the chain snapshots and raises
+    :class:`~clipcl.workers.stop.Preempted`.
     """
     progress = progress or ChainProgress()
     records = RunDir(run_dir)
@@ -182,7 +194,7 @@ def run_chain(
     records.place_spec(spec, len(benchmark.tasks))
     with records.lock(spec.chain_id):
         return _run_locked(
-            spec, records, benchmark, model, method, dev, progress, until_task, data_root
+            spec, records, benchmark, model, method, dev, progress, until_task, data_root, stop
         )
 
 
@@ -196,6 +208,7 @@ def _run_locked(
     progress: ChainProgress,
     until_task: int | None = None,
     data_root: str | None = None,
+    stop: StopRequest | None = None,
 ) -> ChainResult:
     progress.message(
         f"chain {spec.chain_id}: {spec.method_name} on {spec.benchmark} "
@@ -228,11 +241,15 @@ def _run_locked(
         progress.message(f"all {start} tasks already finished")
     elif start > 0:
         progress.message(f"resuming after task {start} of {len(benchmark.tasks)}")
-    stop = len(benchmark.tasks) if until_task is None else min(until_task, len(benchmark.tasks))
-    if start < stop < len(benchmark.tasks):
-        progress.message(f"this job runs tasks {start}..{stop - 1}")
-    trained_now = []
-    for k in range(start, stop):
+    stop_at = len(benchmark.tasks) if until_task is None else min(until_task, len(benchmark.tasks))
+    if start < stop_at < len(benchmark.tasks):
+        progress.message(f"this job runs tasks {start}..{stop_at - 1}")
+    trained_now: list[int] = []
+    snapshot = find_snapshot(records, spec, benchmark, start, stop_at, progress)
+    for k in range(start, stop_at):
+        if stop is not None and stop.requested:
+            progress.message(f"stopping before task {k}: {stop.reason}")
+            raise Preempted(str(stop.reason), bool(trained_now))
         task = benchmark.tasks[k]
         derived = seed_everything(spec.seed, k)
         ctx = TaskContext(
@@ -249,12 +266,38 @@ def _run_locked(
         t0 = time.time()
         method.before_task(ctx)
         if method.trains:
-            progress.task_started(k, task.name, spec.train.steps_for(len(loader)))
+            steps = spec.train.steps_for(len(loader))
+            resume = None
+            if snapshot is not None and snapshot.task == k:
+                resume = apply_snapshot(records, snapshot, model, method, steps, progress)
+            progress.task_started(k, task.name, steps)
 
             def on_step(step: int, steps: int, loss: float, k: int = k) -> None:
                 progress.step(k, step, steps, loss)
 
-            train_task(model, method, ctx, spec.train, loader, on_step=on_step)
+            def make(state: StepState, k: int = k, name: str = task.name) -> TaskSnapshot:
+                return snapshot_now(spec.chain_id, k, name, model, method, state)
+
+            hook = SnapshotHook(
+                records.snapshot_path,
+                make,
+                spec.checkpoint_every_min * 60,
+                stop,
+                bool(trained_now),
+                resume.step if resume is not None else 0,
+                progress.message,
+                k,
+            )
+            train_task(
+                model,
+                method,
+                ctx,
+                spec.train,
+                loader,
+                on_step=on_step,
+                resume=resume,
+                after_step=hook,
+            )
         method.after_task(ctx, loader)
         done = TaskRecord()
         if method.trains:
@@ -275,6 +318,7 @@ def _run_locked(
         state = records.load_state()
         state.completed[k] = done
         records.save_state(state)
+        records.snapshot_path.unlink(missing_ok=True)  # the task is finished: its snapshot is done
         _prune_checkpoints(records, spec.keep_checkpoints)
         trained_now.append(k)
         progress.task_finished(k, task.name, [r.top1 for r in rows])

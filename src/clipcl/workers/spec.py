@@ -123,6 +123,10 @@ LATER_TRAIN_KEYS = (
 )
 
 
+#: ChainSpec keys that change how a chain runs, never its results: not hashed into the id.
+RUN_TIME_KEYS = ("checkpoint_every_min",)
+
+
 def _legacy_method_values(name: str) -> dict[str, Any]:
     """The method's ``Config.legacy_values`` (none for a method no longer registered)."""
     try:
@@ -202,6 +206,12 @@ class ChainSpec(StrictNumbers):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     seed: int = 0
     keep_checkpoints: int = Field(2, ge=0, description="Checkpoints kept per chain (0 = all).")
+    checkpoint_every_min: float = Field(
+        10.0,
+        ge=0,
+        description="Minutes of training between mid-task snapshots (0 = none; a signal still "
+        "writes one). A run-time knob: not part of the chain id.",
+    )
 
     @property
     def method_name(self) -> str:
@@ -220,8 +230,12 @@ class ChainSpec(StrictNumbers):
     def canonical_json(self) -> str:
         """The spec as sorted, compact JSON; train knobs added after chain ids were first
         published are left out while at their defaults, and method knobs while at their
-        ``MethodConfig.legacy_values``, so existing runs keep their ids."""
+        ``MethodConfig.legacy_values``, so existing runs keep their ids. Run-time knobs
+        (:data:`RUN_TIME_KEYS`) are left out: they change how a chain runs, not what it
+        computes."""
         data = self.model_dump(mode="json")
+        for key in RUN_TIME_KEYS:
+            data.pop(key, None)
         defaults = TrainConfig.model_fields
         for key in LATER_TRAIN_KEYS:
             if data["train"].get(key) == _json_default(defaults[key].default):

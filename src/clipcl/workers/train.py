@@ -1,9 +1,15 @@
-"""The one training loop: trains a task for a fixed number of steps, calling the Method hooks."""
+"""The one training loop: trains a task for a fixed number of steps, calling the Method hooks.
+
+It can start inside a task (:class:`TrainResume`, from a mid-task snapshot) and hands its state
+to a hook after every step (:class:`StepState`), which snapshots it when due.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,11 +19,44 @@ from clipcl.data import cycle, make_loader
 from clipcl.methods import Method, StepOutputs, TaskContext
 from clipcl.models import ClipModel, autocast
 from clipcl.schedules import constant, multistep, warmup_cosine
+from clipcl.workers.snapshot import restore_rng
 from clipcl.workers.spec import TrainConfig
 
-__all__ = ["lr_at", "make_loader", "make_optimizer", "train_task"]  # make_loader: moved to data
+__all__ = [
+    "StepState",
+    "TrainResume",
+    "lr_at",
+    "make_loader",  # moved to data
+    "make_optimizer",
+    "train_task",
+]
 
 StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
+
+
+@dataclass
+class TrainResume:
+    """Where a task's training resumes: after ``step`` steps, with these states."""
+
+    step: int
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any]
+    rng: dict[str, Any]  # clipcl.workers.snapshot.capture_rng() after that step
+    recent: list[float] = field(default_factory=list)
+
+
+@dataclass
+class StepState:
+    """The loop's state after a step, for the step hook (a snapshot is made of it)."""
+
+    step: int  # steps finished
+    steps: int
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    recent: list[float]
+
+
+StepHook = Callable[[StepState], None]
 
 
 def make_optimizer(
@@ -52,6 +91,9 @@ def train_task(
     cfg: TrainConfig,
     loader: DataLoader,
     on_step: StepCallback | None = None,
+    *,
+    resume: TrainResume | None = None,
+    after_step: StepHook | None = None,
 ) -> float:
     """Train ``ctx.task`` for the configured steps; return the mean loss of the last 10 steps.
 
@@ -60,6 +102,10 @@ def train_task(
     task's head / text embeddings) and ``method.extra_loss`` → CE with label smoothing over the
     task's classes + the extra term → backward → ``after_backward`` → clip → optimizer step →
     ``after_step``. The order is written out in ``clipcl.methods.base``.
+
+    ``resume`` starts after its step, with its optimizer, scaler and RNG states and the batch
+    stream skipped ahead (the caller has restored the weights and the method's task state);
+    ``after_step`` receives the state after every step (it may raise to stop the task).
     """
     task = ctx.task
     params = [p for p in model.parameters() if p.requires_grad]
@@ -79,8 +125,15 @@ def train_task(
 
     model.train()
     recent: list[float] = []
-    batches = cycle(loader)
-    for step in range(steps):
+    first = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
+        if scaler.is_enabled() and resume.scaler:
+            scaler.load_state_dict(resume.scaler)
+        first, recent = resume.step, list(resume.recent)
+        restore_rng(resume.rng)  # last: nothing below draws before the step does
+    batches = cycle(loader, start=first)
+    for step in range(first, steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, step, base_lr, steps)
         images, labels = next(batches)
@@ -122,5 +175,7 @@ def train_task(
         recent = (recent + [value])[-10:]
         if on_step is not None:
             on_step(step + 1, steps, value)
+        if after_step is not None:
+            after_step(StepState(step + 1, steps, optimizer, scaler, recent))
     model.eval()
-    return sum(recent) / len(recent)
+    return sum(recent) / len(recent) if recent else float("nan")
