@@ -54,6 +54,11 @@ class StepState:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     recent: list[float]
+    loss: float = float("nan")  # the step's total loss
+    lr: float = float("nan")  # the step's learning rate
+    #: The step's loss terms, as tensors (read only when wanted: each read may sync a GPU):
+    #: "ce" the cross-entropy, "extra" the method's extra_loss (absent when it returned None).
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 StepHook = Callable[[StepState], None]
@@ -134,8 +139,9 @@ def train_task(
         restore_rng(resume.rng)  # last: nothing below draws before the step does
     batches = cycle(loader, start=first)
     for step in range(first, steps):
+        lr = lr_at(cfg, step, base_lr, steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, step, base_lr, steps)
+            group["lr"] = lr
         images, labels = next(batches)
         labels = labels.to(device, non_blocking=True)  # (B,)
         with autocast(device, cfg.precision):
@@ -158,7 +164,9 @@ def train_task(
             outputs = StepOutputs(logits=logits.float(), image_features=feats.float())
             extra = method.extra_loss((images, labels), outputs)  # its forwards autocast too
         loss = F.cross_entropy(outputs.logits, labels, label_smoothing=cfg.label_smoothing)
+        terms = {"ce": loss.detach()}
         if extra is not None:
+            terms["extra"] = extra.detach()
             loss = loss + extra
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -176,6 +184,6 @@ def train_task(
         if on_step is not None:
             on_step(step + 1, steps, value)
         if after_step is not None:
-            after_step(StepState(step + 1, steps, optimizer, scaler, recent))
+            after_step(StepState(step + 1, steps, optimizer, scaler, recent, value, lr, terms))
     model.eval()
     return sum(recent) / len(recent) if recent else float("nan")
