@@ -1,0 +1,310 @@
+"""``clipcl report``: one self-contained ``index.html`` of a sweep's results (every figure
+embedded as a PNG data URI; no script, style sheet or font from anywhere) and the same figures
+as PNG files beside it.
+
+Per benchmark: the results table (as ``clipcl results``), the headline metrics per group with
+seed error bars; per group (method + settings): the accuracy matrix averaged over seeds (zero-shot
+row above it; the CIL upper triangle blank) and the accuracy of every eval task over training;
+the training-loss curves of one chain per group; cost: wall time per task and chain, hours per
+group, the sweep's provenance. The figures' data comes from :mod:`clipcl.results.figures`;
+this module only draws it (matplotlib's Agg canvas, no pyplot state) and writes the files.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clipcl.errors import ClipclError
+from clipcl.results.curves import read_points
+from clipcl.results.figures import (
+    Headline,
+    MatrixFigure,
+    cost_per_group,
+    eval_task_lines,
+    headline,
+    loss_series,
+    matrix_figures,
+)
+from clipcl.results.records import CorruptRecords, RunDir
+from clipcl.results.tables import metric_label, render, summarize
+
+__all__ = ["ReportResult", "write_report"]
+
+INDEX = "index.html"
+
+
+@dataclass
+class ReportResult:
+    """What :func:`write_report` wrote."""
+
+    index: Path
+    figures: list[Path] = field(default_factory=list)
+    chains: int = 0
+    finished: int = 0
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _png(fig: Any) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buf)
+    return buf.getvalue()
+
+
+def draw_matrix(data: MatrixFigure) -> Any:
+    """The heatmap: the zero-shot row, then one row per trained task; annotated cells."""
+    size = len(data.tasks)
+    grid = np.vstack([data.zeroshot[None, :], data.matrix])  # (T + 1, T)
+    fig = _figure(1.2 + 0.75 * size, 1.2 + 0.5 * (size + 1))
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for (i, j), value in np.ndenumerate(grid):
+        if np.isfinite(value):
+            colour = "black" if value > 60 else "white"
+            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color=colour)
+    ax.axhline(0.5, color="white", linewidth=2)
+    ax.set_xticks(range(size), data.tasks, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(size + 1), ["zero-shot", *data.tasks], fontsize=7)
+    ax.set_xlabel("eval task")
+    ax.set_ylabel("after training")
+    seeds = len(data.chain_ids)
+    ax.set_title(f"{data.benchmark}: {data.label} ({seeds} seed{'s' * (seeds != 1)})", fontsize=9)
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    return fig
+
+
+def draw_task_lines(data: MatrixFigure) -> Any:
+    """Accuracy of every eval task after each trained task (x = -1: zero-shot)."""
+    fig = _figure(6, 3.5)
+    ax = fig.add_subplot()
+    for name, (xs, ys) in eval_task_lines(data).items():
+        ax.plot(xs, ys, marker="o", markersize=3, label=name)
+    ax.set_xticks(range(-1, len(data.tasks)), ["zs", *map(str, range(len(data.tasks)))])
+    ax.set_xlabel("after training task (zs: zero-shot)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{data.benchmark}: {data.label}", fontsize=9)
+    ax.legend(fontsize=6, ncols=2)
+    return fig
+
+
+def draw_headline(data: Headline) -> Any:
+    """Grouped bars: metric × group, error bars = std over seeds."""
+    groups, metrics = len(data.labels), len(data.metrics)
+    fig = _figure(max(5.0, 1.0 + 0.5 * groups * metrics), 3.5)
+    ax = fig.add_subplot()
+    width = 0.8 / max(groups, 1)
+    for g, label in enumerate(data.labels):
+        x = np.arange(metrics) + (g - (groups - 1) / 2) * width
+        err = np.nan_to_num(data.stds[g], nan=0.0)
+        ax.bar(x, data.means[g], width, yerr=err, capsize=3, label=f"{label} (n={data.seeds[g]})")
+    ax.set_xticks(range(metrics), [metric_label(m) for m in data.metrics])
+    ax.set_ylabel("%")
+    ax.set_title(f"{data.benchmark} ({data.protocol.upper()}): mean ± std over seeds", fontsize=9)
+    ax.legend(fontsize=6)
+    return fig
+
+
+def draw_losses(title: str, series: dict[str, tuple[list[int], list[float]]], starts: list[int]):
+    fig = _figure(6, 3.2)
+    ax = fig.add_subplot()
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, linewidth=1, label=name)
+    for x in starts:
+        ax.axvline(x, color="grey", linewidth=0.5, linestyle="--")
+    ax.set_xlabel("step (dashed: a new task)")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def draw_cost(cost: pd.DataFrame) -> Any:
+    fig = _figure(6, 1.2 + 0.3 * len(cost))
+    ax = fig.add_subplot()
+    names = [f"{b}: {label}" for b, label in zip(cost["benchmark"], cost["label"], strict=True)]
+    ax.barh(range(len(cost)), cost["chain_s"].fillna(0.0))
+    ax.set_yticks(range(len(cost)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("mean wall seconds per chain (finished tasks)")
+    return fig
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-")[:80] or "figure"
+
+
+class _Page:
+    """The HTML page and the PNG files, collected while the figures are drawn."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.parts: list[str] = []
+        self.files: list[Path] = []
+
+    def text(self, markup: str) -> None:
+        self.parts.append(markup)
+
+    def figure(self, name: str, fig: Any, alt: str) -> None:
+        data = _png(fig)
+        path = self.out_dir / f"{len(self.files):03d}-{_slug(name)}.png"
+        path.write_bytes(data)
+        self.files.append(path)
+        uri = "data:image/png;base64," + base64.b64encode(data).decode()
+        self.parts.append(f'<figure><img src="{uri}" alt="{html.escape(alt)}"></figure>')
+
+
+_STYLE = (
+    "body{font-family:sans-serif;margin:2em;max-width:75em}pre{background:#f4f4f4;"
+    "padding:.6em;overflow-x:auto}img{max-width:100%}figure{display:inline-block;margin:.4em}"
+    "td,th{padding:.15em .6em;text-align:right}.note{background:#fff3cd;padding:.6em}"
+)
+
+
+def _check_output(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ClipclError(
+            f"cannot create the report folder {out_dir}: {exc.strerror or exc}"
+        ) from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ClipclError(f"cannot write into the report folder {out_dir} (permission denied)")
+
+
+def _load(root: Path, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame, list[Any], dict[str, Any]]:
+    from clipcl.results.store import DB_NAME, ResultsStore
+
+    if not (root / DB_NAME).is_file():
+        raise ClipclError(f"no results store under {root} (submit a sweep first, or pass --root)")
+    with ResultsStore(root) as store:
+        store.check_sweep(sweep)
+        store.ingest_root()
+        df = store.eval_rows_frame(sweep)
+        if df.empty:
+            raise ClipclError(f"no evaluation rows for sweep '{sweep}' under {root} yet")
+        return (
+            df,
+            store.task_seconds_frame(sweep),
+            store.chain_progress(sweep),
+            store.provenance("sweep", sweep),
+        )
+
+
+def write_report(root: Path, sweep: str, out_dir: Path) -> ReportResult:
+    """Write ``out_dir/index.html`` and the figures' PNG files for ``sweep`` under ``root``.
+
+    Raises:
+        ClipclError: No store under ``root``, an unknown sweep, no evaluation rows, or an
+        output folder that cannot be written (checked before anything is written there).
+    """
+    df, seconds, progress, prov = _load(root, sweep)
+    _check_output(out_dir)
+    finished = sum(1 for c in progress if c.state == "done")
+    page = _Page(out_dir)
+    page.text(f"<h1>clipcl report: {html.escape(sweep)}</h1>")
+    page.text(
+        f"<p>run root {html.escape(str(root))}; {finished} of {len(progress)} chains finished.</p>"
+    )
+    if finished < len(progress):
+        page.text(
+            '<p class="note">Unfinished chains: this report shows what is finished. Their '
+            "finished tasks are in the matrices, curves and costs; the tables and headline "
+            "metrics count finished chains only.</p>"
+        )
+    _results_section(page, df)
+    groups = matrix_figures(df)
+    _matrix_section(page, groups)
+    _loss_section(page, root, groups)
+    _cost_section(page, df, seconds, prov)
+    index = out_dir / INDEX
+    body = "\n".join(page.parts)
+    index.write_text(
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>clipcl report: '
+        f"{html.escape(sweep)}</title><style>{_STYLE}</style></head><body>\n{body}\n</body></html>\n",
+        encoding="utf-8",
+    )
+    return ReportResult(index, page.files, len(progress), finished)
+
+
+def _results_section(page: _Page, df: pd.DataFrame) -> None:
+    summary = summarize(df)
+    page.text("<h2>Results (mean ± std over seeds)</h2>")
+    if summary.empty:
+        page.text("<p>No chain is finished yet: no table.</p>")
+        return
+    for benchmark, rows in summary.groupby("benchmark", sort=True):
+        page.text(f"<h3>{html.escape(str(benchmark))}</h3>")
+        page.text(f"<pre>{html.escape(render(rows.reset_index(drop=True), 'table'))}</pre>")
+    for data in headline(summary):
+        page.figure(f"headline-{data.benchmark}", draw_headline(data), f"{data.benchmark} metrics")
+
+
+def _matrix_section(page: _Page, groups: list[MatrixFigure]) -> None:
+    page.text("<h2>Accuracy matrices (mean over seeds) and each task over training</h2>")
+    for data in groups:
+        name = f"{data.benchmark}-{data.label}"
+        page.text(f"<h3>{html.escape(data.benchmark)}: {html.escape(data.label)}</h3>")
+        page.figure(f"matrix-{name}", draw_matrix(data), f"accuracy matrix {name}")
+        page.figure(f"tasks-{name}", draw_task_lines(data), f"accuracy over training {name}")
+
+
+def _loss_section(page: _Page, root: Path, groups: list[MatrixFigure]) -> None:
+    page.text("<h2>Training loss (one chain per group, its lowest seed)</h2>")
+    drawn = 0
+    for data in groups:
+        chain_id = data.chain_ids[0]
+        try:
+            points = read_points(RunDir.of(root, chain_id).train_path)
+        except (CorruptRecords, OSError) as exc:
+            page.text(f"<p>{html.escape(str(exc))}</p>")
+            continue
+        if not points:
+            continue
+        series, starts = loss_series(points)
+        title = f"{data.benchmark}: {data.label}, chain {chain_id} (seed {data.seeds[0]})"
+        page.figure(
+            f"loss-{data.benchmark}-{data.label}", draw_losses(title, series, starts), title
+        )
+        drawn += 1
+    if not drawn:
+        page.text("<p>No training curves (train.jsonl) were recorded for these chains.</p>")
+
+
+def _cost_section(
+    page: _Page, df: pd.DataFrame, seconds: pd.DataFrame, prov: dict[str, Any]
+) -> None:
+    page.text("<h2>Cost</h2>")
+    cost = cost_per_group(df, seconds)
+    if len(cost):
+        head = "<tr><th>benchmark</th><th>group</th><th>chains</th><th>s / task</th>"
+        head += "<th>s / chain</th><th>hours, all chains</th></tr>"
+        cells = "".join(
+            f"<tr><td>{html.escape(r.benchmark)}</td><td>{html.escape(r.label)}</td>"
+            f"<td>{r.chains}</td><td>{r.task_s:.1f}</td><td>{r.chain_s:.1f}</td>"
+            f"<td>{r.hours:.3f}</td></tr>"
+            for r in cost.itertuples()
+        )
+        page.text(f"<table>{head}{cells}</table>")
+        page.figure("cost", draw_cost(cost), "wall time per chain")
+    page.text("<h3>Provenance (recorded when the sweep was submitted)</h3>")
+    items = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in sorted(prov.items())
+    )
+    page.text(f"<table>{items}</table>" if items else "<p>none recorded</p>")
