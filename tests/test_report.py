@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,3 +243,39 @@ def test_report_bad_input(tmp_path: Path, fake_root) -> None:
         str(blocker),
     )
     assert blocker.read_text() == "a file\n"
+
+
+# ----- a real sweep, end to end -----
+SWEEP = Path(__file__).parent / "data" / "sweeps" / "report2.yaml"
+
+
+@pytest.fixture(scope="module")
+def real_report(tmp_path_factory) -> tuple[Path, Path]:
+    """report2.yaml submitted on the local backend (4 real chains), then ``clipcl report``."""
+    root = tmp_path_factory.mktemp("report2")
+    cmd = [sys.executable, "-m", "clipcl.cli", "submit", str(SWEEP), "--backend", "local"]
+    cmd += ["--root", str(root), "--jobs", "2", "--follow"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    proc = clipcl_inprocess("report", SWEEP, "--root", root)
+    assert proc.returncode == 0, proc.stderr
+    return root, root / "report" / "report2"
+
+
+def test_report_of_real_chains_shows_their_rows_and_curves(real_report) -> None:
+    root, out = real_report
+    with ResultsStore(root) as store:
+        df = store.eval_rows_frame("report2")
+    figures = matrix_figures(df)
+    assert [f.label for f in figures] == ["finetune", "l2"]
+    for fig in figures:
+        runs = [RunDir.of(root, c) for c in fig.chain_ids]
+        np.testing.assert_allclose(fig.matrix, np.mean([r.matrix(T)[0] for r in runs], axis=0))
+        zeroshot = np.mean([r.zeroshot_accuracies(T) for r in runs], axis=0)
+        np.testing.assert_allclose(fig.zeroshot, zeroshot)
+        points = read_points(runs[0].train_path)  # the lowest seed's: the one drawn
+        assert [(p.task, p.step) for p in points] == [(k, s) for k in range(T) for s in range(1, 7)]
+        assert all(("extra" in p.terms) == (fig.method == "l2") for p in points)
+        series, starts = loss_series(points)
+        assert series["loss"][1] == [p.loss for p in points] and starts == [6, 12]
+    assert len(list(out.glob("*.png"))) == 1 + 2 * 2 + 2 + 1

@@ -15,8 +15,12 @@ from __future__ import annotations
 import base64
 import html
 import io
+import multiprocessing
 import os
 import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +60,7 @@ class ReportResult:
 def _figure(width: float, height: float) -> Any:
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return Figure(figsize=(width, height), dpi=100)
 
 
 def _png(fig: Any) -> bytes:
@@ -71,7 +75,11 @@ def draw_matrix(data: MatrixFigure) -> Any:
     """The heatmap: the zero-shot row, then one row per trained task; annotated cells."""
     size = len(data.tasks)
     grid = np.vstack([data.zeroshot[None, :], data.matrix])  # (T + 1, T)
-    fig = _figure(1.2 + 0.75 * size, 1.2 + 0.5 * (size + 1))
+    width, height = 2.6 + 0.6 * size, 1.8 + 0.4 * (size + 1)
+    fig = _figure(width, height)
+    fig.subplots_adjust(
+        left=1.0 / width, right=1 - 0.2 / width, bottom=1.1 / height, top=1 - 0.4 / height
+    )
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=100, aspect="auto")
     for (i, j), value in np.ndenumerate(grid):
@@ -92,6 +100,7 @@ def draw_matrix(data: MatrixFigure) -> Any:
 def draw_task_lines(data: MatrixFigure) -> Any:
     """Accuracy of every eval task after each trained task (x = -1: zero-shot)."""
     fig = _figure(6, 3.5)
+    fig.subplots_adjust(bottom=0.16, top=0.9)
     ax = fig.add_subplot()
     for name, (xs, ys) in eval_task_lines(data).items():
         ax.plot(xs, ys, marker="o", markersize=3, label=name)
@@ -99,29 +108,34 @@ def draw_task_lines(data: MatrixFigure) -> Any:
     ax.set_xlabel("after training task (zs: zero-shot)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{data.benchmark}: {data.label}", fontsize=9)
-    ax.legend(fontsize=6, ncols=2)
+    ax.legend(fontsize=6, ncols=2, loc="lower left")
     return fig
 
 
 def draw_headline(data: Headline) -> Any:
-    """Grouped bars: metric × group, error bars = std over seeds."""
+    """One panel per metric: a bar per group, error bar = std over seeds."""
     groups, metrics = len(data.labels), len(data.metrics)
-    fig = _figure(max(5.0, 1.0 + 0.5 * groups * metrics), 3.5)
-    ax = fig.add_subplot()
-    width = 0.8 / max(groups, 1)
-    for g, label in enumerate(data.labels):
-        x = np.arange(metrics) + (g - (groups - 1) / 2) * width
-        err = np.nan_to_num(data.stds[g], nan=0.0)
-        ax.bar(x, data.means[g], width, yerr=err, capsize=3, label=f"{label} (n={data.seeds[g]})")
-    ax.set_xticks(range(metrics), [metric_label(m) for m in data.metrics])
-    ax.set_ylabel("%")
-    ax.set_title(f"{data.benchmark} ({data.protocol.upper()}): mean ± std over seeds", fontsize=9)
-    ax.legend(fontsize=6)
+    height = 1.2 + 0.22 * groups
+    fig = _figure(2.0 + 2.6 * metrics, height)
+    fig.subplots_adjust(
+        left=1.9 / (2.0 + 2.6 * metrics), right=0.98, bottom=0.7 / height, wspace=0.1
+    )
+    axes = fig.subplots(1, metrics, sharey=True, squeeze=False)[0]
+    names = [f"{label} (n={n})" for label, n in zip(data.labels, data.seeds, strict=True)]
+    for m, ax in enumerate(axes):
+        err = np.nan_to_num(data.stds[:, m], nan=0.0)
+        ax.barh(range(groups), data.means[:, m], xerr=err, capsize=2, color=f"C{m}")
+        ax.set_xlabel(f"{metric_label(data.metrics[m])} (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_yticks(range(groups), names, fontsize=7)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"{data.benchmark} ({data.protocol.upper()}): mean ± std over seeds", fontsize=9)
     return fig
 
 
 def draw_losses(title: str, series: dict[str, tuple[list[int], list[float]]], starts: list[int]):
     fig = _figure(6, 3.2)
+    fig.subplots_adjust(bottom=0.16, top=0.9)
     ax = fig.add_subplot()
     for name, (xs, ys) in series.items():
         ax.plot(xs, ys, linewidth=1, label=name)
@@ -130,15 +144,18 @@ def draw_losses(title: str, series: dict[str, tuple[list[int], list[float]]], st
     ax.set_xlabel("step (dashed: a new task)")
     ax.set_ylabel("loss")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper right")
     return fig
 
 
 def draw_cost(cost: pd.DataFrame) -> Any:
-    fig = _figure(6, 1.2 + 0.3 * len(cost))
+    height = 1.2 + 0.2 * len(cost)
+    fig = _figure(8, height)
+    fig.subplots_adjust(left=0.3, right=0.97, bottom=0.6 / height, top=1 - 0.2 / height)
     ax = fig.add_subplot()
     names = [f"{b}: {label}" for b, label in zip(cost["benchmark"], cost["label"], strict=True)]
     ax.barh(range(len(cost)), cost["chain_s"].fillna(0.0))
+    ax.tick_params(labelsize=7)
     ax.set_yticks(range(len(cost)), names, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("mean wall seconds per chain (finished tasks)")
@@ -149,24 +166,50 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-")[:80] or "figure"
 
 
+#: Figures from which on they are drawn by a pool of processes (one per CPU, at most 8).
+PARALLEL_FROM = 40
+
+
+def _render(job: tuple[Callable[..., Any], tuple[Any, ...]]) -> bytes:
+    draw, args = job
+    return _png(draw(*args))
+
+
 class _Page:
-    """The HTML page and the PNG files, collected while the figures are drawn."""
+    """The HTML page and its figures: ``figure`` keeps a figure's drawing job and its place;
+    ``finish`` draws them all (in parallel when there are many), writes the PNGs and returns
+    the page's body with every image embedded."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
         self.parts: list[str] = []
+        self.jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self.files: list[Path] = []
+        self._figures: list[tuple[int, Path, str]] = []  # (part index, file, alt text)
 
     def text(self, markup: str) -> None:
         self.parts.append(markup)
 
-    def figure(self, name: str, fig: Any, alt: str) -> None:
-        data = _png(fig)
-        path = self.out_dir / f"{len(self.files):03d}-{_slug(name)}.png"
-        path.write_bytes(data)
-        self.files.append(path)
-        uri = "data:image/png;base64," + base64.b64encode(data).decode()
-        self.parts.append(f'<figure><img src="{uri}" alt="{html.escape(alt)}"></figure>')
+    def figure(self, name: str, alt: str, draw: Callable[..., Any], *args: Any) -> None:
+        path = self.out_dir / f"{len(self.jobs):03d}-{_slug(name)}.png"
+        self._figures.append((len(self.parts), path, alt))
+        self.jobs.append((draw, args))
+        self.parts.append("")
+
+    def finish(self) -> str:
+        if len(self.jobs) >= PARALLEL_FROM and (os.cpu_count() or 1) > 1:
+            context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+            workers = min(os.cpu_count() or 1, 8)
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                pngs = list(pool.map(_render, self.jobs, chunksize=4))
+        else:
+            pngs = [_render(job) for job in self.jobs]
+        for (at, path, alt), data in zip(self._figures, pngs, strict=True):
+            path.write_bytes(data)
+            self.files.append(path)
+            uri = "data:image/png;base64," + base64.b64encode(data).decode()
+            self.parts[at] = f'<figure><img src="{uri}" alt="{html.escape(alt)}"></figure>'
+        return "\n".join(self.parts)
 
 
 _STYLE = (
@@ -233,7 +276,7 @@ def write_report(root: Path, sweep: str, out_dir: Path) -> ReportResult:
     _loss_section(page, root, groups)
     _cost_section(page, df, seconds, prov)
     index = out_dir / INDEX
-    body = "\n".join(page.parts)
+    body = page.finish()
     index.write_text(
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>clipcl report: '
         f"{html.escape(sweep)}</title><style>{_STYLE}</style></head><body>\n{body}\n</body></html>\n",
@@ -252,7 +295,7 @@ def _results_section(page: _Page, df: pd.DataFrame) -> None:
         page.text(f"<h3>{html.escape(str(benchmark))}</h3>")
         page.text(f"<pre>{html.escape(render(rows.reset_index(drop=True), 'table'))}</pre>")
     for data in headline(summary):
-        page.figure(f"headline-{data.benchmark}", draw_headline(data), f"{data.benchmark} metrics")
+        page.figure(f"headline-{data.benchmark}", f"{data.benchmark} metrics", draw_headline, data)
 
 
 def _matrix_section(page: _Page, groups: list[MatrixFigure]) -> None:
@@ -260,8 +303,8 @@ def _matrix_section(page: _Page, groups: list[MatrixFigure]) -> None:
     for data in groups:
         name = f"{data.benchmark}-{data.label}"
         page.text(f"<h3>{html.escape(data.benchmark)}: {html.escape(data.label)}</h3>")
-        page.figure(f"matrix-{name}", draw_matrix(data), f"accuracy matrix {name}")
-        page.figure(f"tasks-{name}", draw_task_lines(data), f"accuracy over training {name}")
+        page.figure(f"matrix-{name}", f"accuracy matrix {name}", draw_matrix, data)
+        page.figure(f"tasks-{name}", f"accuracy over training {name}", draw_task_lines, data)
 
 
 def _loss_section(page: _Page, root: Path, groups: list[MatrixFigure]) -> None:
@@ -278,12 +321,19 @@ def _loss_section(page: _Page, root: Path, groups: list[MatrixFigure]) -> None:
             continue
         series, starts = loss_series(points)
         title = f"{data.benchmark}: {data.label}, chain {chain_id} (seed {data.seeds[0]})"
-        page.figure(
-            f"loss-{data.benchmark}-{data.label}", draw_losses(title, series, starts), title
-        )
+        name = f"loss-{data.benchmark}-{data.label}"
+        page.figure(name, title, draw_losses, title, series, starts)
         drawn += 1
     if not drawn:
         page.text("<p>No training curves (train.jsonl) were recorded for these chains.</p>")
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "time" and isinstance(value, int | float):
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(value))
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in sorted(value.items()))
+    return str(value)
 
 
 def _cost_section(
@@ -301,10 +351,15 @@ def _cost_section(
             for r in cost.itertuples()
         )
         page.text(f"<table>{head}{cells}</table>")
-        page.figure("cost", draw_cost(cost), "wall time per chain")
+        page.figure("cost", "wall time per chain", draw_cost, cost)
+    page.text(
+        "<p>Wall time of the finished tasks (training and evaluation), on whatever device each "
+        "chain ran: the store does not record a chain's device, so hours are not split into "
+        "GPU- and CPU-hours.</p>"
+    )
     page.text("<h3>Provenance (recorded when the sweep was submitted)</h3>")
     items = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(_shown(k, v))}</td></tr>"
         for k, v in sorted(prov.items())
     )
     page.text(f"<table>{items}</table>" if items else "<p>none recorded</p>")
