@@ -5,7 +5,11 @@ the tests compute what each figure must show from those raw rows and points them
 from __future__ import annotations
 
 import base64
+import html
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -279,3 +283,65 @@ def test_report_of_real_chains_shows_their_rows_and_curves(real_report) -> None:
         series, starts = loss_series(points)
         assert series["loss"][1] == [p.loss for p in points] and starts == [6, 12]
     assert len(list(out.glob("*.png"))) == 1 + 2 * 2 + 2 + 1
+
+
+# ----- the page in a real browser -----
+CHROMIUM = shutil.which("chromium")
+#: Nothing the browser asks for may leave the machine: every host name resolves to nothing.
+OFFLINE = ["--host-resolver-rules=MAP * ~NOTFOUND", "--disable-background-networking"]
+PROBE = """<!DOCTYPE html><html><body><pre id="result">pending</pre>
+<iframe id="report" src="{src}" width="1280" height="4000"></iframe>
+<script>
+const frame = document.getElementById("report");
+frame.addEventListener("load", () => {{
+  let out;
+  try {{
+    const images = [...frame.contentDocument.images];
+    out = {{
+      images: images.length,
+      broken: images.filter((i) => !(i.complete && i.naturalWidth > 0)).map((i) => i.alt),
+      requests: frame.contentWindow.performance.getEntriesByType("resource").map((e) => e.name),
+    }};
+  }} catch (e) {{
+    out = {{error: String(e)}};
+  }}
+  document.getElementById("result").textContent = JSON.stringify(out);
+}});
+</script></body></html>
+"""
+
+
+def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+    cmd += [*OFFLINE, "--disable-component-update", f"--user-data-dir={tmp / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None and os.environ.get("CI") != "true",
+    reason="no chromium (`make browser-up` installs Debian's)",
+)
+def test_report_in_headless_chromium_loads_every_figure_offline(real_report, tmp_path) -> None:
+    """The page itself has no script: a probe page (ours) holds it in an iframe and reports
+    its images and the resources it fetched (data URIs are not fetched: there must be none)."""
+    assert CHROMIUM is not None, "CI=true but chromium is not installed"
+    from PIL import Image
+
+    _, out = real_report
+    shot = tmp_path / "page.png"
+    done = _chromium(
+        tmp_path, f"--screenshot={shot}", "--window-size=1280,2400", (out / "index.html").as_uri()
+    )
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape == (2400, 1280)
+    assert (pixels < 200).mean() > 0.02, "the screenshot is (nearly) blank"
+    assert len(np.unique(pixels)) > 50, "the screenshot has no figures in it"
+    probe = tmp_path / "probe.html"
+    probe.write_text(PROBE.format(src=(out / "index.html").as_uri()))
+    flags = ["--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom"]
+    done = _chromium(tmp_path, *flags, probe.as_uri())
+    found = re.search(r'<pre id="result">([^<]*)</pre>', done.stdout)
+    assert found is not None, done.stdout[-2000:] + done.stderr[-2000:]
+    seen = json.loads(html.unescape(found[1]))
+    assert seen == {"images": 8, "broken": [], "requests": []}, seen
