@@ -78,7 +78,7 @@ def draw_matrix(data: MatrixFigure) -> Any:
     width, height = 2.6 + 0.6 * size, 1.8 + 0.4 * (size + 1)
     fig = _figure(width, height)
     fig.subplots_adjust(
-        left=1.0 / width, right=1 - 0.2 / width, bottom=1.1 / height, top=1 - 0.4 / height
+        left=1.0 / width, right=1 - 0.2 / width, bottom=0.9 / height, top=1 - 0.4 / height
     )
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=100, aspect="auto")
