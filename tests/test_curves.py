@@ -81,7 +81,8 @@ def test_a_chain_writes_loss_terms_lr_and_seconds(tmp_path: Path) -> None:
     points = read_points(RunDir(tmp_path).train_path)
     assert [(p.task, p.step) for p in points] == [(k, s) for k in range(2) for s in range(1, 7)]
     for p in points:
-        assert p.terms.keys() == {"ce", "extra"}
+        assert p.terms.keys() == {"ce", "extra", "l2"}  # l2: ZSCL's named term
+        assert p.terms["extra"] == p.terms["l2"]
         assert p.loss == pytest.approx(p.terms["ce"] + p.terms["extra"], rel=1e-5, abs=1e-6)
         assert p.lr == lr_at(spec.train, p.step - 1, spec.train.lr, 6)
     for k in range(2):
@@ -111,3 +112,15 @@ def test_a_lost_task_trained_again_replaces_its_points(tmp_path: Path) -> None:
     assert [(p.task, p.step, p.loss, p.lr) for p in again] == [
         (p.task, p.step, p.loss, p.lr) for p in reference
     ]
+
+
+def test_zscl_records_its_named_terms(tmp_path: Path) -> None:
+    """ZSCL's extra loss is its ``l2`` and ``distill`` terms, recorded one by one."""
+    spec = tiny_spec("zscl", iterations=3, reference_size=64, reference_batch_size=8)
+    run_chain(spec, tmp_path, until_task=1)
+    points = read_points(RunDir(tmp_path).train_path)
+    assert [p.step for p in points] == [1, 2, 3]
+    for p in points:
+        assert p.terms.keys() == {"ce", "extra", "l2", "distill"}
+        assert p.terms["extra"] == pytest.approx(p.terms["l2"] + p.terms["distill"], rel=1e-6)
+        assert p.loss == pytest.approx(p.terms["ce"] + p.terms["extra"], rel=1e-5)

@@ -279,7 +279,8 @@ def test_report_of_real_chains_shows_their_rows_and_curves(real_report) -> None:
         np.testing.assert_allclose(fig.zeroshot, zeroshot)
         points = read_points(runs[0].train_path)  # the lowest seed's: the one drawn
         assert [(p.task, p.step) for p in points] == [(k, s) for k in range(T) for s in range(1, 7)]
-        assert all(("extra" in p.terms) == (fig.method == "l2") for p in points)
+        named = {"ce", "extra", "l2"} if fig.method == "l2" else {"ce"}
+        assert all(p.terms.keys() == named for p in points)
         series, starts = loss_series(points)
         assert series["loss"][1] == [p.loss for p in points] and starts == [6, 12]
     assert len(list(out.glob("*.png"))) == 1 + 2 * 2 + 2 + 1

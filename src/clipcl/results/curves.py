@@ -3,9 +3,10 @@ writes them (:class:`TrainLog`) and how they are read back consistently (:func:`
 
 A point is taken every ``max(1, steps // POINTS_PER_TASK)`` steps and after the last step of a
 task: the step, the total loss, the loss terms (``ce``: cross-entropy; ``extra``: the method's
-``extra_loss``, when it returned one), the learning rate and the seconds of training so far in
-the task. Points are buffered and appended with fsync when the task ends and before every
-mid-task snapshot, so a snapshot never holds a step whose points are not on disk.
+extra loss, when it has one; and its named parts, ``Method.extra_loss_terms``: ZSCL's ``l2`` and
+``distill``, NSP²'s ``ln``), the learning rate and the seconds of training so far in the task.
+Points are buffered and appended with fsync when the task ends and before every mid-task
+snapshot, so a snapshot never holds a step whose points are not on disk.
 
 Every training attempt of a task first appends a start line ``{"task": k, "start": s}`` (``s``:
 the step it starts after; 0 from scratch, the snapshot's step on a mid-task resume). A reader

@@ -57,7 +57,8 @@ class StepState:
     loss: float = float("nan")  # the step's total loss
     lr: float = float("nan")  # the step's learning rate
     #: The step's loss terms, as tensors (read only when wanted: each read may sync a GPU):
-    #: "ce" the cross-entropy, "extra" the method's extra_loss (absent when it returned None).
+    #: "ce" the cross-entropy, "extra" the method's extra loss (absent when it has none) and
+    #: the method's named terms (``Method.extra_loss_terms``, e.g. ZSCL's "l2" and "distill").
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -87,6 +88,14 @@ def lr_at(cfg: TrainConfig, step: int, base_lr: float, steps: int) -> float:
     if cfg.schedule == "constant":
         return constant(step, base_lr, cfg.warmup_steps)
     return warmup_cosine(step, base_lr, cfg.warmup_steps, steps)
+
+
+def _total(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of the extra-loss terms, left to right."""
+    total = parts[0]
+    for t in parts[1:]:
+        total = total + t
+    return total
 
 
 def train_task(
@@ -162,11 +171,13 @@ def train_task(
                 classifier = fixed_text  # (C, D)
             logits = model.logit_scale() * feats @ classifier.t()  # (B, C)
             outputs = StepOutputs(logits=logits.float(), image_features=feats.float())
-            extra = method.extra_loss((images, labels), outputs)  # its forwards autocast too
+            parts = method.extra_loss_terms((images, labels), outputs)  # autocast forwards too
         loss = F.cross_entropy(outputs.logits, labels, label_smoothing=cfg.label_smoothing)
         terms = {"ce": loss.detach()}
-        if extra is not None:
+        if parts:
+            extra = _total(list(parts.values()))
             terms["extra"] = extra.detach()
+            terms.update({name: t.detach() for name, t in parts.items() if name != "extra"})
             loss = loss + extra
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
