@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/clipcl zeroshot --model tiny --benchmark mini-mtil
 	$(BIN)/clipcl submit sweeps/demo.yaml --backend local --jobs 2 --follow
 	$(BIN)/clipcl results sweeps/demo.yaml
+	$(BIN)/clipcl report sweeps/demo.yaml
 
 test: $(STAMP) slurm-up browser-up
 	$(BIN)/python -m pytest

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from clipcl.results.curves import TrainPoint
-from clipcl.results.tables import CORE_COLUMNS, METRICS, chain_matrices
+from clipcl.results.tables import CORE_COLUMNS, METRICS, _sort_key, chain_matrices
 
 __all__ = [
     "HEADLINE",
@@ -91,11 +91,18 @@ class MatrixFigure:
 
 
 def _groups(df: pd.DataFrame) -> list[tuple[tuple[Any, ...], pd.DataFrame]]:
+    """The chains (one row each) by group, sorted as the results table sorts its rows:
+    benchmark, method, then the settings' values (numbers by value)."""
     keys = ["benchmark", "method", "config"] if "config" in df.columns else ["benchmark", "method"]
     firsts = df.drop_duplicates("chain_id")
-    return sorted(
-        firsts.groupby(keys, dropna=False, sort=False), key=lambda kv: tuple(map(str, kv[0]))
-    )
+    settings = _settings_columns(df)
+
+    def order(item: tuple[tuple[Any, ...], pd.DataFrame]) -> tuple[Any, ...]:
+        first = item[1].iloc[0]
+        values = [_sort_key(first[c]) for c in settings]
+        return (str(first["benchmark"]), str(first["method"]), *values, str(item[0]))
+
+    return sorted(firsts.groupby(keys, dropna=False, sort=False), key=order)
 
 
 def _task_names(df: pd.DataFrame, benchmark: str, size: int) -> list[str]:
@@ -239,32 +246,21 @@ def cost_per_group(df: pd.DataFrame, seconds: pd.DataFrame) -> pd.DataFrame:
         seconds: :meth:`ResultsStore.task_seconds_frame`.
     """
     settings = _settings_columns(df)
-    label = {}
-    for _, chains in _groups(df):
-        for _, row in chains.iterrows():
-            label[str(row["chain_id"])] = (str(row["benchmark"]), group_label(row, settings))
-    known = seconds[seconds["chain_id"].isin(label) & seconds["seconds"].notna()]
+    known = seconds[seconds["seconds"].notna()]
     rows = []
-    for (benchmark, name), chain_ids in _by_label(label).items():
-        mine = known[known["chain_id"].isin(chain_ids)]
+    for _, chains in _groups(df):
+        first = chains.iloc[0]
+        mine = known[known["chain_id"].isin(set(chains["chain_id"]))]
         per_chain = mine.groupby("chain_id")["seconds"].sum()
         rows.append(
             {
-                "benchmark": benchmark,
-                "label": name,
-                "chains": len(chain_ids),
+                "benchmark": str(first["benchmark"]),
+                "label": group_label(first, settings),
+                "chains": len(chains),
                 "task_s": float(mine["seconds"].mean()) if len(mine) else math.nan,
                 "chain_s": float(per_chain.mean()) if len(per_chain) else math.nan,
                 "hours": float(mine["seconds"].sum()) / 3600,
             }
         )
-    return pd.DataFrame(
-        rows, columns=["benchmark", "label", "chains", "task_s", "chain_s", "hours"]
-    )
-
-
-def _by_label(label: Mapping[str, tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
-    out: dict[tuple[str, str], list[str]] = {}
-    for chain_id, key in label.items():
-        out.setdefault(key, []).append(chain_id)
-    return dict(sorted(out.items()))
+    columns = ["benchmark", "label", "chains", "task_s", "chain_s", "hours"]
+    return pd.DataFrame(rows, columns=columns)
