@@ -53,11 +53,8 @@ def group_label(row: Mapping[str, Any], settings: Sequence[str]) -> str:
     for key in settings:
         value = row.get(key)
         if _present(value):
-            parts.append(
-                f"{key.rsplit('.', 1)[-1]}={value:g}"
-                if isinstance(value, float)
-                else f"{key.rsplit('.', 1)[-1]}={value}"
-            )
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            parts.append(f"{key.rsplit('.', 1)[-1]}={shown}")
     return " ".join(parts)
 
 
