@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint bench clean slurm-up
+.PHONY: install demo test test-fast lint bench clean slurm-up browser-up
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,9 @@ demo: $(STAMP)
 	$(BIN)/clipcl zeroshot --model tiny --benchmark mini-mtil
 	$(BIN)/clipcl submit sweeps/demo.yaml --backend local --jobs 2 --follow
 	$(BIN)/clipcl results sweeps/demo.yaml
+	$(BIN)/clipcl report sweeps/demo.yaml
 
-test: $(STAMP) slurm-up
+test: $(STAMP) slurm-up browser-up
 	$(BIN)/python -m pytest
 
 # A real single-node Slurm for the integration tests, when this user can start one (root); in CI
@@ -30,6 +31,18 @@ slurm-up:
 	  bash scripts/slurm-dev.sh up || [ "$$CI" != true ]; \
 	elif [ "$$CI" = true ] && ! command -v sinfo >/dev/null; then \
 	  echo "CI=true but Slurm cannot be started (not root)" >&2; exit 1; \
+	fi
+
+# Debian's chromium for the report's browser test (tests/test_report.py), when this user can
+# install it (root); in CI (CI=true) failing to install it fails the build.
+browser-up:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+	    || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	         --no-install-recommends chromium; }; } >/dev/null || [ "$$CI" != true ]; \
+	elif [ "$$CI" = true ]; then \
+	  echo "CI=true but chromium cannot be installed (not root)" >&2; exit 1; \
 	fi
 
 test-fast: $(STAMP)
@@ -44,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/world.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/results_table.py
+	$(BIN)/python bench/report.py
 	$(BIN)/python bench/orchestrator.py
 	$(BIN)/python bench/dataloader.py
 	$(BIN)/python bench/zscl.py --arch tiny --batch 32 --captions 15000

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 from clipcl.data import cycle, make_loader
 from clipcl.models import load_checkpoint
 from clipcl.progress import ChainProgress
+from clipcl.results.curves import read_points
 from clipcl.results.records import RunDir
 from clipcl.workers import ChainSpec, run_chain
 from clipcl.workers.midtask import KILL_ENV
@@ -96,21 +97,29 @@ class Messages(ChainProgress):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """``get(spec)`` → (result, final checkpoint) of the spec run undisturbed, once."""
-    cache: dict[str, tuple[Any, dict[str, Any]]] = {}
+    cache: dict[str, tuple[Any, dict[str, Any], list[Any]]] = {}
 
-    def get(spec: ChainSpec) -> tuple[Any, dict[str, Any]]:
+    def get(spec: ChainSpec) -> tuple[Any, dict[str, Any], list[Any]]:
         if spec.chain_id not in cache:
             run_dir = tmp_path_factory.mktemp(f"ref-{spec.method_name}")
             result = run_chain(spec, run_dir, until_task=TASKS)
             ckpt = load_checkpoint(RunDir(run_dir).checkpoint_path(TASKS - 1), None)
-            cache[spec.chain_id] = (result, ckpt)
+            cache[spec.chain_id] = (result, ckpt, _curve(run_dir))
         return cache[spec.chain_id]
 
     return get
 
 
+def _curve(run_dir: Path) -> list[tuple[Any, ...]]:
+    """The training curve's points without their seconds (which differ from run to run)."""
+    points = read_points(RunDir(run_dir).train_path)
+    return [(p.task, p.step, p.steps, p.loss, p.lr, sorted(p.terms.items())) for p in points]
+
+
 def _same_as_reference(reference, spec: ChainSpec, run_dir: Path) -> None:
-    ref, ref_ckpt = reference(spec)
+    """The matrix, the weights, the method state and the training curve (every step once, no
+    point of a lost attempt) are those of the undisturbed run."""
+    ref, ref_ckpt, ref_curve = reference(spec)
     got = run_chain(spec, run_dir, until_task=TASKS)  # finished: only reads the records
     assert got.trained_now == []
     np.testing.assert_array_equal(got.matrix[:TASKS], ref.matrix[:TASKS])
@@ -118,6 +127,9 @@ def _same_as_reference(reference, spec: ChainSpec, run_dir: Path) -> None:
     assert_same(ckpt["model"], ref_ckpt["model"], "model")
     assert_same(ckpt["method"], ref_ckpt["method"], "method")
     assert not RunDir(run_dir).snapshot_path.exists(), "a finished task left its snapshot"
+    steps = ref_curve[0][2]
+    assert [p[:2] for p in ref_curve] == [(k, s) for k in range(TASKS) for s in range(1, steps + 1)]
+    assert _curve(run_dir) == ref_curve
 
 
 def _worker(run_dir: Path, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:

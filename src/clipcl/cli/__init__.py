@@ -3,6 +3,7 @@
 from clipcl.cli import chain as _chain  # noqa: F401  (registers the commands)
 from clipcl.cli import data as _data  # noqa: F401  (registers the commands)
 from clipcl.cli import predict as _predict  # noqa: F401  (registers the commands)
+from clipcl.cli import report as _report  # noqa: F401  (registers the commands)
 from clipcl.cli import slurm as _slurm  # noqa: F401  (registers the commands)
 from clipcl.cli import store as _store  # noqa: F401  (registers the commands)
 from clipcl.cli import sweep as _sweep  # noqa: F401  (registers the commands)

@@ -17,8 +17,8 @@ workers/train.py)::
                              or the task's head or its first-template text embeddings  # (C, D)
                 logits = model.logit_scale() * feats @ classifier.T              # (B, C)
                 outputs = StepOutputs(logits.float(), feats.float())
-                extra = method.extra_loss((images, labels), outputs)
-            loss = CE(outputs.logits, labels, label_smoothing) + extra (when not None)
+                terms = method.extra_loss_terms((images, labels), outputs)  # extra_loss, named
+            loss = CE(outputs.logits, labels, label_smoothing) + the terms' sum (when any)
             optimizer.zero_grad(); scaler.scale(loss).backward()
             method.after_backward()              # may edit .grad (scaled by GradScaler in fp16)
             clip the gradient norm (unscaled first) when grad_clip_norm is set
@@ -137,6 +137,16 @@ class Method:
         the model or a teacher; must not change model weights or the optimizer.
         """
         return None
+
+    def extra_loss_terms(
+        self, batch: tuple[torch.Tensor, torch.Tensor], outputs: StepOutputs
+    ) -> dict[str, torch.Tensor]:
+        """``extra_loss`` as named terms, which the loop sums in order and the chain's training
+        curve records one by one (``train.jsonl``). The default: ``extra_loss`` as one term
+        named ``extra`` (none when it returns None). A method whose extra loss has parts
+        overrides this, and its ``extra_loss`` returns their sum."""
+        extra = self.extra_loss(batch, outputs)
+        return {} if extra is None else {"extra": extra}
 
     def after_backward(self) -> None:
         """Called after ``loss.backward()``, before the optimizer step; may edit gradients."""

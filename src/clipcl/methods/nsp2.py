@@ -262,6 +262,13 @@ class NSP2(Method):
         current = {i: p.tokens for i, p in self.prompts.items()}
         return self.config.ln_loss_weight * ln_loss(current, self.previous)
 
+    def extra_loss_terms(
+        self, batch: tuple[torch.Tensor, torch.Tensor], outputs: StepOutputs
+    ) -> dict[str, torch.Tensor]:
+        """The weighted L_LN, named ``ln``."""
+        loss = self.extra_loss(batch, outputs)
+        return {} if loss is None else {"ln": loss}
+
     def after_backward(self) -> None:
         if self._update is not None:
             self._update.after_backward()

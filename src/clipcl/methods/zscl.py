@@ -196,16 +196,22 @@ class ZSCL(Finetune):
             total = total + (p - q).pow(2).sum()
         return total
 
+    def extra_loss_terms(
+        self, batch: tuple[torch.Tensor, torch.Tensor], outputs: StepOutputs
+    ) -> dict[str, torch.Tensor]:
+        """``l2`` (l2 · Σ‖θ − θ_{t−1}‖², when on) and ``distill`` (the distillation, when on)."""
+        terms = {}
+        if self.config.l2 > 0:
+            terms["l2"] = self.config.l2 * self.l2_loss()
+        if self.config.image_loss or self.config.text_loss:
+            terms["distill"] = self.kd_loss(self._reference_batch())
+        return terms
+
     def extra_loss(
         self, batch: tuple[torch.Tensor, torch.Tensor], outputs: StepOutputs
     ) -> torch.Tensor | None:
-        loss = None
-        if self.config.l2 > 0:
-            loss = self.config.l2 * self.l2_loss()
-        if self.config.image_loss or self.config.text_loss:
-            kd = self.kd_loss(self._reference_batch())
-            loss = kd if loss is None else loss + kd
-        return loss
+        terms = list(self.extra_loss_terms(batch, outputs).values())
+        return None if not terms else terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
     # ----- weight ensembling -----
     def _merge(self) -> None:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-__all__ = ["CHAIN_COLUMNS", "ROW_COLUMNS", "eval_rows_frame"]
+__all__ = ["CHAIN_COLUMNS", "ROW_COLUMNS", "eval_rows_frame", "task_seconds_frame"]
 
 # Core columns of eval_rows_frame(); a setting with one of these names is not repeated.
 ROW_COLUMNS = ("trained_task", "trained_name", "eval_task", "eval_name", "correct", "total", "top1")
@@ -136,3 +136,22 @@ def eval_rows_frame(conn: sqlite3.Connection, path: Path, sweep: str | None = No
     with np.errstate(invalid="ignore", divide="ignore"):
         frame["top1"] = np.where(total > 0, 100.0 * correct / total, np.nan)
     return frame
+
+
+def task_seconds_frame(
+    conn: sqlite3.Connection, path: Path, sweep: str | None = None
+) -> pd.DataFrame:
+    """The finished tasks' wall times: columns chain_id, task_index, seconds (None when the
+    records had none), sorted by chain and task.
+
+    Raises:
+        ClipclError: If ``sweep`` is given and unknown.
+    """
+    import pandas as pd
+
+    where, params = sweep_filter(conn, path, sweep, alias="t")
+    rows = conn.execute(
+        f"SELECT chain_id, task_index, seconds FROM tasks t {where} ORDER BY chain_id, task_index",
+        params,
+    ).fetchall()
+    return pd.DataFrame(rows, columns=["chain_id", "task_index", "seconds"])

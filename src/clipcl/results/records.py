@@ -4,6 +4,8 @@ Layout of ``<root>/chains/<chain_id>/``::
 
     spec.json        the resolved ChainSpec (written once, before the chain first runs)
     rows.jsonl       evaluation rows, appended + fsynced after each task (last write wins)
+    train.jsonl      training curves: loss, loss terms, lr and seconds every few steps,
+                     appended + fsynced per task and before each snapshot (results/curves.py)
     state.json       finished tasks, their checkpoint checksums, the number of tasks
                      (atomic replace; read and written as a typed :class:`ChainState`)
     ckpt/task_KKK.pt checkpoints (atomic, SHA-256 in state.json)
@@ -40,6 +42,7 @@ ZEROSHOT = -1  # ``trained_task`` of the rows measured before the first task
 CHAINS_DIR = "chains"
 SPEC_FILE = "spec.json"
 ROWS_FILE = "rows.jsonl"
+TRAIN_FILE = "train.jsonl"
 STATE_FILE = "state.json"
 CKPT_DIR = "ckpt"
 SNAPSHOT_FILE = "snapshot.pt"
@@ -185,6 +188,7 @@ class RunDir:
         self.run_dir = self.path  # the name older callers use
         self.spec_path = self.path / SPEC_FILE
         self.rows_path = self.path / ROWS_FILE
+        self.train_path = self.path / TRAIN_FILE
         self.state_path = self.path / STATE_FILE
         self.lock_path = self.path / LOCK_FILE
         self.pid_path = self.path / PID_FILE

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from clipcl.errors import ClipclError, unknown_name
 from clipcl.results import ingest
-from clipcl.results.frames import eval_rows_frame
+from clipcl.results.frames import eval_rows_frame, task_seconds_frame
 from clipcl.results.provenance import collect_provenance, config_hash
 from clipcl.results.rows import ChainDetail, ChainRecord, ChainRow, JobRow, SweepRow
 from clipcl.results.schema import DB_NAME, STATES, connect, sweep_filter, upsert_chain, write
@@ -375,6 +375,11 @@ class ResultsStore:
             ClipclError: If ``sweep`` is given and unknown.
         """
         return eval_rows_frame(self._conn, self.path, sweep)
+
+    def task_seconds_frame(self, sweep: str | None = None) -> pd.DataFrame:
+        """Wall time of every finished task (see :func:`~clipcl.results.frames.
+        task_seconds_frame`)."""
+        return task_seconds_frame(self._conn, self.path, sweep)
 
 
 def rebuild_store(root: Path) -> tuple[Path | None, ResultsStore]:

@@ -8,6 +8,9 @@ Every task is seeded from (seed, k) alone, so a resumed chain is bit-identical o
 derived seed is also the hook context's ``TaskContext.seed``, from which methods seed their own
 generators.
 
+While training, the loss curve is written to ``train.jsonl`` (results/curves.py): its points
+are flushed before every snapshot and at the end of the task, before the checkpoint.
+
 Inside a task, a snapshot (workers/midtask.py, workers/snapshot.py) is written every
 ``checkpoint_every_min`` minutes of training and when a stop is requested (workers/stop.py);
 resuming prefers it: task k − 1's checkpoint, then task k's seeding and ``before_task``, then the
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ from clipcl.models import (
     save_checkpoint,
 )
 from clipcl.progress import ChainProgress
+from clipcl.results.curves import TrainLog
 from clipcl.results.metrics import cil_metrics, mtil_metrics
 from clipcl.results.records import ZEROSHOT, ChainBusy, RunDir, TaskRecord  # noqa: F401
 from clipcl.workers.evaluate import evaluate
@@ -153,6 +158,18 @@ def load_result(
     if records.tasks_done() == T:
         result.metrics = chain_metrics(benchmark.protocol, matrix, counts)
     return result
+
+
+def _with_curve(curve: TrainLog, hook: SnapshotHook) -> Callable[[StepState], None]:
+    """The step hook: the training curve's point when due, then the snapshot hook."""
+
+    def after_step(state: StepState) -> None:
+        if curve.due(state.step):
+            terms = {name: float(value) for name, value in state.terms.items()}
+            curve.record(state.step, state.loss, state.lr, terms)
+        hook(state)
+
+    return after_step
 
 
 def chain_lock(run_dir: Path, chain_id: str) -> contextlib.AbstractContextManager[None]:
@@ -278,6 +295,7 @@ def _run_locked(
             def make(state: StepState, k: int = k, name: str = task.name) -> TaskSnapshot:
                 return snapshot_now(spec.chain_id, k, name, model, method, state)
 
+            curve = TrainLog(records.train_path, k, steps, resume.step if resume else 0)
             hook = SnapshotHook(
                 records.snapshot_path,
                 make,
@@ -287,6 +305,7 @@ def _run_locked(
                 resume.step if resume is not None else 0,
                 progress.message,
                 k,
+                curve.flush,
             )
             train_task(
                 model,
@@ -296,8 +315,9 @@ def _run_locked(
                 loader,
                 on_step=on_step,
                 resume=resume,
-                after_step=hook,
+                after_step=_with_curve(curve, hook),
             )
+            curve.flush()
         method.after_task(ctx, loader)
         done = TaskRecord()
         if method.trains:

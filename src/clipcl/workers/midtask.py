@@ -157,6 +157,9 @@ class SnapshotHook:
         moved_on: Whether this run already finished a task (so a stop has made progress).
         first_step: The step this run started the task at.
         say: Where one line per snapshot goes (the worker log).
+        task: The task index.
+        before_write: Called before each snapshot is written (the training curve's points
+            go to disk first, so a snapshot never holds a step whose points are lost).
     """
 
     def __init__(
@@ -169,6 +172,7 @@ class SnapshotHook:
         first_step: int,
         say: Callable[[str], None],
         task: int,
+        before_write: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
         self.make = make
@@ -178,6 +182,7 @@ class SnapshotHook:
         self.first_step = first_step
         self.say = say
         self.task = task
+        self.before_write = before_write
         self._last = time.monotonic()
         self._kill = _kill_point()
 
@@ -190,6 +195,8 @@ class SnapshotHook:
             t0 = time.monotonic()
             why = f"on {self.stop.reason}" if stopping and self.stop else "due"
             try:
+                if self.before_write is not None:
+                    self.before_write()
                 size = write_snapshot(self.path, self.make(state))
             except OSError as exc:  # a full disk costs the snapshot, not the chain
                 self.say(f"snapshot of task {self.task} at step {state.step} failed: {exc}")

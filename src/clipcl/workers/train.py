@@ -54,6 +54,12 @@ class StepState:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     recent: list[float]
+    loss: float = float("nan")  # the step's total loss
+    lr: float = float("nan")  # the step's learning rate
+    #: The step's loss terms, as tensors (read only when wanted: each read may sync a GPU):
+    #: "ce" the cross-entropy, "extra" the method's extra loss (absent when it has none) and
+    #: the method's named terms (``Method.extra_loss_terms``, e.g. ZSCL's "l2" and "distill").
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 StepHook = Callable[[StepState], None]
@@ -82,6 +88,14 @@ def lr_at(cfg: TrainConfig, step: int, base_lr: float, steps: int) -> float:
     if cfg.schedule == "constant":
         return constant(step, base_lr, cfg.warmup_steps)
     return warmup_cosine(step, base_lr, cfg.warmup_steps, steps)
+
+
+def _total(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of the extra-loss terms, left to right."""
+    total = parts[0]
+    for t in parts[1:]:
+        total = total + t
+    return total
 
 
 def train_task(
@@ -134,8 +148,9 @@ def train_task(
         restore_rng(resume.rng)  # last: nothing below draws before the step does
     batches = cycle(loader, start=first)
     for step in range(first, steps):
+        lr = lr_at(cfg, step, base_lr, steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, step, base_lr, steps)
+            group["lr"] = lr
         images, labels = next(batches)
         labels = labels.to(device, non_blocking=True)  # (B,)
         with autocast(device, cfg.precision):
@@ -156,9 +171,13 @@ def train_task(
                 classifier = fixed_text  # (C, D)
             logits = model.logit_scale() * feats @ classifier.t()  # (B, C)
             outputs = StepOutputs(logits=logits.float(), image_features=feats.float())
-            extra = method.extra_loss((images, labels), outputs)  # its forwards autocast too
+            parts = method.extra_loss_terms((images, labels), outputs)  # autocast forwards too
         loss = F.cross_entropy(outputs.logits, labels, label_smoothing=cfg.label_smoothing)
-        if extra is not None:
+        terms = {"ce": loss.detach()}
+        if parts:
+            extra = _total(list(parts.values()))
+            terms["extra"] = extra.detach()
+            terms.update({name: t.detach() for name, t in parts.items() if name != "extra"})
             loss = loss + extra
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -176,6 +195,6 @@ def train_task(
         if on_step is not None:
             on_step(step + 1, steps, value)
         if after_step is not None:
-            after_step(StepState(step + 1, steps, optimizer, scaler, recent))
+            after_step(StepState(step + 1, steps, optimizer, scaler, recent, value, lr, terms))
     model.eval()
     return sum(recent) / len(recent) if recent else float("nan")
