@@ -3,6 +3,7 @@ the MTIL / CIL benchmarks assembled from real loaders."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,45 @@ def test_submit_is_refused_with_the_list_and_nothing_is_written(tmp_path):
     assert plan.returncode == 0 and "submit would be refused" in plan.stdout
     script = run("sbatch", str(sweep), "-o", str(tmp_path / "x.sbatch"))
     assert script.returncode == 2 and not (tmp_path / "x.sbatch").exists()
+
+
+def test_a_relative_data_root_is_the_sweep_files_like_its_root(tmp_path):
+    """``data_root: ../data`` in sweeps/x.yaml names <repo>/data whatever the working directory
+    (as ``root`` does); ``--data-root`` stays relative to the working directory."""
+    write_cifar100(tmp_path / "data")
+    (tmp_path / "sweeps").mkdir()
+    cwd = tmp_path / "deep" / "elsewhere"  # ../data from here is deep/data
+    (cwd / "data").mkdir(parents=True)
+    (tmp_path / "sweeps" / "mtil.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "rel",
+                "root": "../runs",
+                "data_root": "../data",
+                "benchmarks": ["mtil"],
+                "methods": {"finetune": {}},
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CLIPCL_DATA_ROOT"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])
+
+    def plan(*extra: str) -> str:
+        res = subprocess.run(
+            [*CLI, "plan", "../../sweeps/mtil.yaml", *extra],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env=env,
+        )
+        assert res.returncode == 0, res.stderr
+        return " ".join(res.stdout.split())  # rich wraps long paths
+
+    shown = plan()
+    for path in get_dataset("Food").check(tmp_path / "data").missing:
+        assert path in shown
+    assert f"{tmp_path / 'data'} " in shown and str(tmp_path / "deep" / "data") not in shown
+    assert str(cwd / "data") in plan("--data-root", "data")
 
 
 def test_real_benchmark_without_a_data_root_is_a_clear_error(monkeypatch):

@@ -219,12 +219,61 @@ BAD = {
         BASE + "train: {epochs: 1}\n",
         "train.epochs replaces train.iterations: set iterations: null",
     ),
+    # a method runs on a subset of the sweep's benchmarks
+    "method-benchmarks-unknown": (
+        BASE.replace("finetune: {}", "finetune: {benchmarks: [mini-cil]}"),
+        "methods.finetune.benchmarks: 'mini-cil' is not in the sweep's benchmarks ['smoke']",
+    ),
+    "method-benchmarks-empty": (
+        BASE.replace("finetune: {}", "finetune: {benchmarks: []}"),
+        "methods.finetune.benchmarks",
+    ),
+    "method-benchmarks-repeated": (
+        BASE.replace("finetune: {}", "finetune: {benchmarks: [smoke, smoke]}"),
+        "methods.finetune.benchmarks repeats a benchmark",
+    ),
+    "benchmark-no-method-runs": (
+        BASE.replace("[smoke]", "[smoke, mini-cil]").replace(
+            "finetune: {}", "finetune: {benchmarks: [smoke]}"
+        ),
+        "benchmarks: no method runs on 'mini-cil'",
+    ),
     "duplicate-top-key": (BASE + "seeds: [1]\n", "duplicate key 'seeds' (line 5"),
     "duplicate-nested-key": (
         BASE + "train: {lr: 1.0e-3, lr: 1.0e-4}\n",
         "duplicate key 'lr' (line 5",
     ),
 }
+
+
+def test_a_method_runs_only_on_its_benchmarks(tmp_path: Path) -> None:
+    """``methods.<m>.benchmarks`` keeps that method's chains to those benchmarks (in the
+    sweep's order); the other methods run on every benchmark; the ids do not change."""
+    path = tmp_path / "s.yaml"
+    text = (
+        "name: b\nbenchmarks: [mini-mtil, mini-cil]\nseeds: [0, 1]\nmethods:\n"
+        "  zeroshot: {}\n  finetune: {benchmarks: [mini-cil, mini-mtil]}\n"
+    )
+    nsp2 = "  nsp2: {benchmarks: [mini-cil], grid: {method.project: [true, false]}}\n"
+    path.write_text(text + nsp2)
+    got = [(e.benchmark, e.method, e.seed) for e in expand(load_sweep(path))]
+    assert ("mini-mtil", "nsp2", 0) not in got
+    assert (
+        sorted(g for g in got if g[1] == "nsp2")
+        == [("mini-cil", "nsp2", 0)] * 2 + [("mini-cil", "nsp2", 1)] * 2
+    )
+    assert {(b, m) for b, m, _ in got} == {
+        ("mini-mtil", "zeroshot"),
+        ("mini-mtil", "finetune"),
+        ("mini-cil", "zeroshot"),
+        ("mini-cil", "finetune"),
+        ("mini-cil", "nsp2"),
+    }
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(text.replace("{benchmarks: [mini-cil, mini-mtil]}", "{}"))
+    assert [e.chain_id for e in expand(load_sweep(plain))] == [
+        e.chain_id for e in expand(load_sweep(path)) if e.method != "nsp2"
+    ]
 
 
 @pytest.mark.parametrize("case", list(BAD), ids=list(BAD))

@@ -32,7 +32,7 @@ def sbatch(
 
     the_plan = plan(sweep_file, root)
     sweep, root = the_plan.sweep, the_plan.root
-    data_root = _data_root(sweep, data_root)
+    data_root = _data_root(sweep, data_root, sweep_file)
     preflight_data(sweep, data_root, refuse=True)
     if max_array is None:
         try:

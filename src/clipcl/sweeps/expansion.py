@@ -72,6 +72,8 @@ def expand(sweep: SweepFile, source: str = "sweep") -> list[ChainEntry]:
     seen: dict[str, ChainEntry] = {}
     for benchmark in sweep.benchmarks:
         for method, method_settings in sweep.methods.items():
+            if benchmark not in sweep.benchmarks_of(method):
+                continue
             settings = method_settings.knobs
             train = {**sweep.train, **method_settings.train}
             eval_ = {**sweep.eval, **method_settings.eval}

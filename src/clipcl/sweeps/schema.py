@@ -110,6 +110,11 @@ class MethodSettings(StrictNumbers):
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="More grid axes for this method's chains only."
     )
+    benchmarks: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="The sweep's benchmarks this method runs on (default: all of them).",
+    )
 
     @property
     def knobs(self) -> dict[str, Any]:
@@ -132,7 +137,9 @@ class SweepFile(StrictNumbers):
         "runs", description="Run root ('~' expands; relative paths: to the sweep file's directory)."
     )
     data_root: str | None = Field(
-        None, description="Root of the local datasets (default: --data-root or $CLIPCL_DATA_ROOT)."
+        None,
+        description="Root of the local datasets ('~' expands; relative: to the sweep file's "
+        "directory; --data-root replaces it; default: $CLIPCL_DATA_ROOT).",
     )
     model: dict[str, Any] = Field(
         default_factory=lambda: {"arch": "tiny"}, description="arch and pretrained."
@@ -199,6 +206,17 @@ class SweepFile(StrictNumbers):
             raise ValueError(f"seeds repeat: {v}")
         return v
 
+    def benchmarks_of(self, method: str) -> list[str]:
+        """The benchmarks ``method`` runs on, in the order of the sweep's ``benchmarks``."""
+        only = self.methods[method].benchmarks
+        return [b for b in self.benchmarks if only is None or b in only]
+
+    def data_root_path(self, sweep_file: str | Path) -> Path | None:
+        """The absolute ``data_root`` (resolved like ``run_root``), or ``None`` when unset."""
+        if not self.data_root:
+            return None
+        return (Path(sweep_file).parent / Path(self.data_root).expanduser()).resolve()
+
     def run_root(self, sweep_file: str | Path) -> Path:
         """The absolute run root: ``root`` with '~' expanded, a relative one taken from the
         directory of ``sweep_file`` (this sweep's file), not from the working directory."""
@@ -214,6 +232,27 @@ class SweepFile(StrictNumbers):
         if method is not None:
             out.update({key: f"methods.{method}.grid" for key in self.methods[method].grid})
         return out
+
+    @model_validator(mode="after")
+    def _method_benchmarks(self) -> SweepFile:
+        for m, settings in self.methods.items():
+            only = settings.benchmarks or []
+            if len(set(only)) != len(only):
+                raise ValueError(f"methods.{m}.benchmarks repeats a benchmark: {only}")
+            unknown = [b for b in only if b not in self.benchmarks]
+            if unknown:
+                raise ValueError(
+                    f"methods.{m}.benchmarks: {', '.join(map(repr, unknown))} is not in the "
+                    f"sweep's benchmarks {self.benchmarks}; a method runs on a subset of them"
+                )
+        used = {b for m in self.methods for b in self.benchmarks_of(m)}
+        idle = [b for b in self.benchmarks if b not in used]
+        if idle:
+            raise ValueError(
+                f"benchmarks: no method runs on {', '.join(map(repr, idle))} (every method's "
+                "'benchmarks' leaves it out); remove it or add it to a method"
+            )
+        return self
 
     @model_validator(mode="after")
     def _keys_once(self) -> SweepFile:
