@@ -46,6 +46,7 @@ class Fake:
     correct: np.ndarray  # (T + 1, T) row 0: zero-shot; NaN-free ints; -1 = not evaluated
     seconds: list[float]
     tasks_done: int
+    device: str | None = None  # None: a record older than the device field
 
 
 def _fakes(unfinished: bool = False) -> list[Fake]:
@@ -60,7 +61,10 @@ def _fakes(unfinished: bool = False) -> list[Fake]:
                 if protocol == "cil":
                     correct[1:][np.triu_indices(T, k=1)] = -1  # evaluated on seen tasks only
                 done = T - 1 if unfinished and n == 0 else T
-                fakes.append(Fake(rec, correct, [float(1 + k + n) for k in range(T)], done))
+                # finetune ran on a GPU (seed 2's records predate the device), zscl on the CPU
+                device = {"finetune": "NVIDIA H200" if seed < 2 else None, "zscl": "cpu"}[method]
+                seconds = [float(1 + k + n) for k in range(T)]
+                fakes.append(Fake(rec, correct, seconds, done, device))
                 n += 1
     return fakes
 
@@ -80,7 +84,11 @@ def _write(root: Path, fakes: list[Fake], sweep: str = "fake") -> None:
             if c >= 0
         ]
         records.append_rows(rows)
-        done = {str(k): {"seconds": f.seconds[k], "finished_at": 1.0} for k in range(f.tasks_done)}
+        done = {
+            str(k): {"seconds": f.seconds[k], "finished_at": 1.0}
+            | ({"device": f.device} if f.device else {})
+            for k in range(f.tasks_done)
+        }
         records.save_state({"completed": done, "zeroshot_done": True, "num_tasks": T})
         points = [
             TrainPoint(k, s, 4, 3.0 - k - s / 10, 0.01, s * 0.5, {"ce": 2.0 - s / 10, "extra": 0.5})
@@ -185,7 +193,7 @@ def test_loss_curves_are_the_points_and_cost_the_task_seconds(fake_root) -> None
     assert series["ce"][1] == [p.terms["ce"] for p in points]
     assert set(series) == {"loss", "ce", "extra"}
     df, seconds = _frame(root)
-    cost = cost_per_group(df, seconds).set_index(["benchmark", "label"])
+    cost = cost_per_group(df, seconds, gpus=2, cpus=4).set_index(["benchmark", "label"])
     for bench in ("b-til", "b-cil"):
         for method in METHODS:
             mine = [f for f in fakes if (f.rec.benchmark, f.rec.method) == (bench, method)]
@@ -194,6 +202,16 @@ def test_loss_curves_are_the_points_and_cost_the_task_seconds(fake_root) -> None
             assert row["chain_s"] == pytest.approx(np.mean([sum(f.seconds) for f in mine]))
             assert row["task_s"] == pytest.approx(np.mean([s for f in mine for s in f.seconds]))
             assert row["hours"] == pytest.approx(sum(sum(f.seconds) for f in mine) / 3600)
+
+            def hours(device: str | None, mine: list[Fake] = mine) -> float:
+                return sum(sum(f.seconds) for f in mine if f.device == device) / 3600
+
+            # device-hours: GPU tasks × 2 GPUs per chain, CPU tasks × 4 CPUs per chain
+            assert row["gpu_hours"] == pytest.approx(2 * hours("NVIDIA H200"))
+            assert row["cpu_hours"] == pytest.approx(4 * hours("cpu"))
+            assert row["unknown_hours"] == pytest.approx(hours(None))
+            assert row["devices"] == {"finetune": "NVIDIA H200", "zscl": "cpu"}[method]
+            assert (row["gpu_hours"] > 0) == (method == "finetune") != (row["cpu_hours"] > 0)
 
 
 def test_report_writes_one_self_contained_page_and_the_pngs(tmp_path: Path) -> None:
@@ -214,6 +232,8 @@ def test_report_writes_one_self_contained_page_and_the_pngs(tmp_path: Path) -> N
         assert uri.startswith("data:image/png;base64,")
         assert base64.b64decode(uri.split(",", 1)[1]) == png.read_bytes()
     assert "abc123" in page and "testhost" in page  # provenance
+    assert "<th>GPU-hours</th><th>CPU-hours</th>" in page and "<td>NVIDIA H200</td>" in page
+    assert "device unrecorded" in page  # finetune's seed 2 records predate the device field
     assert page.count("<pre>") == 2  # one results table per benchmark
 
 

@@ -21,13 +21,17 @@ from clipcl.cli.common import app, err, out
 from clipcl.errors import ClipclError
 
 
-def _data_root(sweep, flag: str | None) -> str | None:
-    """The data root of a submission: ``--data-root``, else the sweep's, else the environment."""
+def _data_root(sweep, flag: str | None, sweep_file: Path) -> str | None:
+    """The data root of a submission: ``--data-root`` (relative: to the working directory), else
+    the sweep's ``data_root`` (relative: to the sweep file's directory, like ``root``), else the
+    environment."""
     import os
 
     from clipcl.data.catalog import DATA_ROOT_ENV
 
-    root = flag or sweep.data_root or os.environ.get(DATA_ROOT_ENV)
+    if not flag and sweep.data_root:
+        return str(sweep.data_root_path(sweep_file))
+    root = flag or os.environ.get(DATA_ROOT_ENV)
     return str(Path(root).expanduser().resolve()) if root else None
 
 
@@ -72,12 +76,13 @@ def plan(
 
     the_plan = make_plan(sweep_file, root)
     sweep = the_plan.sweep
-    if not preflight_data(sweep, _data_root(sweep, data_root), refuse=False):
+    if not preflight_data(sweep, _data_root(sweep, data_root, sweep_file), refuse=False):
         out.print("[red]submit would be refused: datasets are missing (above)[/]")
+    cost = the_plan.cost_ahead()
     table = Table(title=f"sweep {sweep.name}: {len(the_plan.chains)} chains (root {the_plan.root})")
-    for col in ("chain", "method", "benchmark", "seed", "settings", "tasks", "state"):
+    for col in ("chain", "method", "benchmark", "seed", "settings", "tasks", "state", "left"):
         table.add_column(col)
-    for c in the_plan.chains[:limit]:
+    for c, ahead in zip(the_plan.chains[:limit], cost.chains, strict=False):
         e = c.entry
         table.add_row(
             e.chain_id,
@@ -87,12 +92,15 @@ def plan(
             e.settings_label,
             str(c.num_tasks),
             c.label,
+            ahead.describe() if ahead.tasks_left else "-",
         )
     out.print(table)
     if len(the_plan.chains) > limit:
         out.print(f"… {len(the_plan.chains) - limit} more chains (--limit)")
     summary = ", ".join(f"{v} {k}" for k, v in the_plan.counts().items())
     out.print(f"{summary}; work left: {the_plan.work_left().describe()}")
+    for line in cost.lines():
+        out.print(line, highlight=False, soft_wrap=True)
     _say_corrupt(the_plan)
 
 
@@ -137,7 +145,7 @@ def submit(
     check_backend_name(backend)
     the_plan = make_plan(sweep_file, root, ask_backends=True, confirmed=yes)
     sweep, root = the_plan.sweep, the_plan.root
-    data_root = _data_root(sweep, data_root)
+    data_root = _data_root(sweep, data_root, sweep_file)
     preflight_data(sweep, data_root, refuse=True)
     with ResultsStore(root) as store:
         store.record_sweep(

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from clipcl.models.factory import (
         autocast,
         build_model,
+        device_name,
         pick_device,
         resolve_arch,
         resolve_pretrained,
@@ -27,6 +28,7 @@ _LAZY = {
     "ClipModel": "clipcl.models.clip",
     "autocast": "clipcl.models.factory",
     "build_model": "clipcl.models.factory",
+    "device_name": "clipcl.models.factory",
     "pick_device": "clipcl.models.factory",
     "resolve_arch": "clipcl.models.factory",
     "resolve_pretrained": "clipcl.models.factory",
@@ -40,6 +42,7 @@ __all__ = [
     "autocast",
     "build_model",
     "default_pretrained",
+    "device_name",
     "load_checkpoint",
     "pick_device",
     "resolve_arch",

@@ -163,6 +163,13 @@ def pick_device(device: str | None = None) -> torch.device:
     return dev
 
 
+def device_name(device: torch.device) -> str:
+    """``cpu``, or the CUDA device's name (``NVIDIA H200``): what throughput is recorded on."""
+    if device.type != "cuda":
+        return device.type
+    return str(torch.cuda.get_device_name(device))
+
+
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
     """Autocast context for the chosen compute precision (weights stay fp32)."""
     if precision == "fp32":

@@ -138,6 +138,19 @@ class Plan:
             epochs += left * (c.entry.spec.train.epochs or 0)
         return WorkLeft(tasks, iters, epochs)
 
+    def cost_ahead(self) -> Any:
+        """The time the unfinished chains still need (``CostAhead``), estimated from the
+        throughput finished tasks recorded in the run root's store (none: nothing measured)."""
+        from clipcl.orchestrator.estimate import estimate, left_of, measured_from
+        from clipcl.results.store import DB_NAME, ResultsStore
+
+        measured: list[Any] = []
+        if (self.root / DB_NAME).is_file():
+            with ResultsStore(self.root) as store:
+                measured = measured_from(store.measured_tasks())
+        resources = self.sweep.resources
+        return estimate([left_of(c, resources) for c in self.chains], measured)
+
     def records(self) -> list[Any]:
         """Every chain as the store records it (``ChainRecord``)."""
         return [chain_record(c.entry) for c in self.chains]

@@ -234,21 +234,33 @@ def loss_series(
     return series, [at[t] for t in sorted(at)][1:]
 
 
-def cost_per_group(df: pd.DataFrame, seconds: pd.DataFrame) -> pd.DataFrame:
+def cost_per_group(
+    df: pd.DataFrame, seconds: pd.DataFrame, gpus: int = 0, cpus: int = 1
+) -> pd.DataFrame:
     """Wall time per group: one row per (benchmark, label) with chains, the mean seconds per
-    task and per chain (finished tasks), and the hours of all its chains together.
+    task and per chain (finished tasks), the hours of all its chains together, and those hours
+    as device-hours: ``gpu_hours`` (tasks that ran on a CUDA device × ``gpus`` per chain, at
+    least 1), ``cpu_hours`` (tasks that ran on the CPU × ``cpus`` per chain), ``unknown_hours``
+    (tasks whose records are older than the device field) and ``devices`` (the devices seen).
 
     Args:
         df: Eval rows (for the chains' groups).
         seconds: :meth:`ResultsStore.task_seconds_frame`.
+        gpus: GPUs per chain (the sweep's ``resources.gpus``).
+        cpus: CPUs per chain (the sweep's ``resources.cpus``).
     """
     settings = _settings_columns(df)
     known = seconds[seconds["seconds"].notna()]
+    device = known["device"] if "device" in known else pd.Series(None, index=known.index)
     rows = []
     for _, chains in _groups(df):
         first = chains.iloc[0]
-        mine = known[known["chain_id"].isin(set(chains["chain_id"]))]
+        mask = known["chain_id"].isin(set(chains["chain_id"]))
+        mine, where = known[mask], device[mask]
         per_chain = mine.groupby("chain_id")["seconds"].sum()
+        on_cpu = where == "cpu"
+        unknown = where.isna()
+        on_gpu = ~on_cpu & ~unknown
         rows.append(
             {
                 "benchmark": str(first["benchmark"]),
@@ -257,7 +269,12 @@ def cost_per_group(df: pd.DataFrame, seconds: pd.DataFrame) -> pd.DataFrame:
                 "task_s": float(mine["seconds"].mean()) if len(mine) else math.nan,
                 "chain_s": float(per_chain.mean()) if len(per_chain) else math.nan,
                 "hours": float(mine["seconds"].sum()) / 3600,
+                "gpu_hours": float(mine["seconds"][on_gpu].sum()) * max(1, gpus) / 3600,
+                "cpu_hours": float(mine["seconds"][on_cpu].sum()) * max(1, cpus) / 3600,
+                "unknown_hours": float(mine["seconds"][unknown].sum()) / 3600,
+                "devices": ", ".join(sorted(set(where.dropna().astype(str)))),
             }
         )
-    columns = ["benchmark", "label", "chains", "task_s", "chain_s", "hours"]
+    columns = ["benchmark", "label", "chains", "task_s", "chain_s", "hours", "gpu_hours"]
+    columns += ["cpu_hours", "unknown_hours", "devices"]
     return pd.DataFrame(rows, columns=columns)

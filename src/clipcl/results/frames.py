@@ -12,7 +12,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clipcl.results.schema import sweep_filter
+from clipcl.results.schema import TASK_THROUGHPUT_COLUMNS, sweep_filter
 
 if TYPE_CHECKING:
     import numpy as np
@@ -141,8 +141,9 @@ def eval_rows_frame(conn: sqlite3.Connection, path: Path, sweep: str | None = No
 def task_seconds_frame(
     conn: sqlite3.Connection, path: Path, sweep: str | None = None
 ) -> pd.DataFrame:
-    """The finished tasks' wall times: columns chain_id, task_index, seconds (None when the
-    records had none), sorted by chain and task.
+    """The finished tasks' wall times and throughput: columns chain_id, task_index, seconds,
+    device, steps, samples, train_seconds, eval_seconds, eval_samples (None where the records
+    had none), sorted by chain and task.
 
     Raises:
         ClipclError: If ``sweep`` is given and unknown.
@@ -150,8 +151,9 @@ def task_seconds_frame(
     import pandas as pd
 
     where, params = sweep_filter(conn, path, sweep, alias="t")
+    columns = ["chain_id", "task_index", "seconds", *(c for c, _ in TASK_THROUGHPUT_COLUMNS)]
     rows = conn.execute(
-        f"SELECT chain_id, task_index, seconds FROM tasks t {where} ORDER BY chain_id, task_index",
+        f"SELECT {', '.join(columns)} FROM tasks t {where} ORDER BY chain_id, task_index",
         params,
     ).fetchall()
-    return pd.DataFrame(rows, columns=["chain_id", "task_index", "seconds"])
+    return pd.DataFrame(rows, columns=columns)

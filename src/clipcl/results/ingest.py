@@ -101,8 +101,14 @@ def _put_rows(
     names = {r.eval_task: r.eval_name for r in rows}
     names.update({r.trained_task: r.trained_name for r in rows})
     c.executemany(
-        "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?)",
-        [(chain_id, k, names.get(k), v.finished_at, v.seconds) for k, v in completed.items()],
+        "INSERT OR REPLACE INTO tasks (chain_id, task_index, name, finished_at, seconds, device, "
+        "steps, samples, train_seconds, eval_seconds, eval_samples, startup_seconds) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (chain_id, k, names.get(k), v.finished_at, v.seconds, v.device, v.steps, v.samples)
+            + (v.train_seconds, v.eval_seconds, v.eval_samples, v.startup_seconds)
+            for k, v in completed.items()
+        ],
     )
     c.executemany(
         "INSERT OR REPLACE INTO eval_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

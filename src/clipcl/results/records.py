@@ -73,12 +73,28 @@ class EvalRow:
 
 @dataclass
 class TaskRecord:
-    """A finished task: its checkpoint (relative path, ``None`` once pruned) and timings."""
+    """A finished task: its checkpoint (relative path, ``None`` once pruned) and timings.
+
+    The throughput fields (``None`` in records older than them) describe the attempt that
+    finished the task: ``device`` (``cpu`` or the CUDA device's name), ``steps`` trained in
+    it (fewer than the task's when it resumed a mid-task snapshot), ``samples`` they saw,
+    ``train_seconds`` (training, the method's task hooks and the checkpoint), ``eval_seconds``
+    and ``eval_samples`` (the evaluation after the task); the first task an attempt finishes
+    also records ``startup_seconds``, from the worker's start to the task's (imports, model,
+    zero-shot row, resume).
+    """
 
     checkpoint: str | None = None
     sha256: str | None = None
     seconds: float | None = None
     finished_at: float | None = None
+    device: str | None = None
+    steps: int | None = None
+    samples: int | None = None
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
+    eval_samples: int | None = None
+    startup_seconds: float | None = None
 
 
 @dataclass

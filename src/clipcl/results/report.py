@@ -230,7 +230,9 @@ def _check_output(out_dir: Path) -> None:
         raise ClipclError(f"cannot write into the report folder {out_dir} (permission denied)")
 
 
-def _load(root: Path, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame, list[Any], dict[str, Any]]:
+def _load(
+    root: Path, sweep: str
+) -> tuple[pd.DataFrame, pd.DataFrame, list[Any], dict[str, Any], dict[str, Any]]:
     from clipcl.results.store import DB_NAME, ResultsStore
 
     if not (root / DB_NAME).is_file():
@@ -241,11 +243,13 @@ def _load(root: Path, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame, list[Any]
         df = store.eval_rows_frame(sweep)
         if df.empty:
             raise ClipclError(f"no evaluation rows for sweep '{sweep}' under {root} yet")
+        resources = store.sweep_config(sweep).get("resources") or {}
         return (
             df,
             store.task_seconds_frame(sweep),
             store.chain_progress(sweep),
             store.provenance("sweep", sweep),
+            resources,
         )
 
 
@@ -256,7 +260,7 @@ def write_report(root: Path, sweep: str, out_dir: Path) -> ReportResult:
         ClipclError: No store under ``root``, an unknown sweep, no evaluation rows, or an
         output folder that cannot be written (checked before anything is written there).
     """
-    df, seconds, progress, prov = _load(root, sweep)
+    df, seconds, progress, prov, resources = _load(root, sweep)
     _check_output(out_dir)
     finished = sum(1 for c in progress if c.state == "done")
     page = _Page(out_dir)
@@ -274,7 +278,7 @@ def write_report(root: Path, sweep: str, out_dir: Path) -> ReportResult:
     groups = matrix_figures(df)
     _matrix_section(page, groups)
     _loss_section(page, root, groups)
-    _cost_section(page, df, seconds, prov)
+    _cost_section(page, df, seconds, prov, resources)
     index = out_dir / INDEX
     body = page.finish()
     index.write_text(
@@ -337,25 +341,36 @@ def _shown(key: str, value: Any) -> str:
 
 
 def _cost_section(
-    page: _Page, df: pd.DataFrame, seconds: pd.DataFrame, prov: dict[str, Any]
+    page: _Page,
+    df: pd.DataFrame,
+    seconds: pd.DataFrame,
+    prov: dict[str, Any],
+    resources: dict[str, Any],
 ) -> None:
     page.text("<h2>Cost</h2>")
-    cost = cost_per_group(df, seconds)
+    gpus, cpus = int(resources.get("gpus") or 0), int(resources.get("cpus") or 1)
+    cost = cost_per_group(df, seconds, gpus=gpus, cpus=cpus)
     if len(cost):
+        unknown = bool((cost["unknown_hours"] > 0).any())
         head = "<tr><th>benchmark</th><th>group</th><th>chains</th><th>s / task</th>"
-        head += "<th>s / chain</th><th>hours, all chains</th></tr>"
+        head += "<th>s / chain</th><th>hours, all chains</th><th>GPU-hours</th>"
+        head += "<th>CPU-hours</th>" + ("<th>device unrecorded, h</th>" if unknown else "")
+        head += "<th>devices</th></tr>"
         cells = "".join(
             f"<tr><td>{html.escape(r.benchmark)}</td><td>{html.escape(r.label)}</td>"
             f"<td>{r.chains}</td><td>{r.task_s:.1f}</td><td>{r.chain_s:.1f}</td>"
-            f"<td>{r.hours:.3f}</td></tr>"
+            f"<td>{r.hours:.3f}</td><td>{r.gpu_hours:.3f}</td><td>{r.cpu_hours:.3f}</td>"
+            + (f"<td>{r.unknown_hours:.3f}</td>" if unknown else "")
+            + f"<td>{html.escape(r.devices or '-')}</td></tr>"
             for r in cost.itertuples()
         )
         page.text(f"<table>{head}{cells}</table>")
         page.figure("cost", "wall time per chain", draw_cost, cost)
     page.text(
-        "<p>Wall time of the finished tasks (training and evaluation), on whatever device each "
-        "chain ran: the store does not record a chain's device, so hours are not split into "
-        "GPU- and CPU-hours.</p>"
+        "<p>Wall time of the finished tasks (training and evaluation). Each task records the "
+        f"device it ran on: GPU-hours are the hours of tasks on a CUDA device × {max(1, gpus)} "
+        f"GPU(s) per chain, CPU-hours the hours of tasks on the CPU × {max(1, cpus)} CPU(s) per "
+        "chain (the sweep's <code>resources</code>).</p>"
     )
     page.text("<h3>Provenance (recorded when the sweep was submitted)</h3>")
     items = "".join(

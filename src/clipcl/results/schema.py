@@ -23,7 +23,17 @@ __all__ = ["BUSY_TIMEOUT_S", "DB_NAME", "SCHEMA_VERSION", "STATES", "connect", "
 DB_NAME = "clipcl.sqlite"
 STATES = ("new", "queued", "running", "done", "failed", "cancelled")
 BUSY_TIMEOUT_S = 30.0
-SCHEMA_VERSION = 2  # 2: the jobs table (scheduler jobs of each chain)
+SCHEMA_VERSION = 3  # 2: the jobs table (scheduler jobs of each chain); 3: tasks' throughput
+#: Per-task throughput (schema 3), in the order of the tasks table.
+TASK_THROUGHPUT_COLUMNS = (
+    ("device", "TEXT"),
+    ("steps", "INTEGER"),
+    ("samples", "INTEGER"),
+    ("train_seconds", "REAL"),
+    ("eval_seconds", "REAL"),
+    ("eval_samples", "INTEGER"),
+    ("startup_seconds", "REAL"),
+)
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS sweeps (
     name TEXT PRIMARY KEY, source TEXT, config_json TEXT NOT NULL DEFAULT '{{}}',
@@ -45,6 +55,8 @@ CREATE INDEX IF NOT EXISTS sweep_chains_chain ON sweep_chains (chain_id);
 CREATE TABLE IF NOT EXISTS tasks (
     chain_id TEXT NOT NULL REFERENCES chains (chain_id) ON DELETE CASCADE,
     task_index INTEGER NOT NULL, name TEXT, finished_at REAL, seconds REAL,
+    device TEXT, steps INTEGER, samples INTEGER, train_seconds REAL, eval_seconds REAL,
+    eval_samples INTEGER, startup_seconds REAL,
     PRIMARY KEY (chain_id, task_index)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS eval_rows (
     chain_id TEXT NOT NULL REFERENCES chains (chain_id) ON DELETE CASCADE,
@@ -110,7 +122,9 @@ def store_error(path: Path, exc: sqlite3.Error) -> ClipclError:
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Create the schema, or bring an older one up to :data:`SCHEMA_VERSION`.
 
-    Every statement is ``IF NOT EXISTS``: version 1 files gain the jobs table.
+    Every statement is ``IF NOT EXISTS``: version 1 files gain the jobs table; the tasks
+    table of version 1 and 2 files gains the throughput columns (``NULL`` until the chain's
+    records are ingested again; records older than those fields stay ``NULL``).
     """
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
@@ -120,6 +134,11 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         )
     if version < SCHEMA_VERSION:
         with write(conn) as c:
+            have = {row[1] for row in c.execute("PRAGMA table_info(tasks)")}
+            if have:  # an older file: its tasks table gains the throughput columns
+                for column, kind in TASK_THROUGHPUT_COLUMNS:
+                    if column not in have:
+                        c.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
             for statement in _SCHEMA.split(";"):
                 c.execute(statement)
 

@@ -28,7 +28,15 @@ from clipcl.results import ingest
 from clipcl.results.frames import eval_rows_frame, task_seconds_frame
 from clipcl.results.provenance import collect_provenance, config_hash
 from clipcl.results.rows import ChainDetail, ChainRecord, ChainRow, JobRow, SweepRow
-from clipcl.results.schema import DB_NAME, STATES, connect, sweep_filter, upsert_chain, write
+from clipcl.results.schema import (
+    DB_NAME,
+    STATES,
+    TASK_THROUGHPUT_COLUMNS,
+    connect,
+    sweep_filter,
+    upsert_chain,
+    write,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -272,6 +280,14 @@ class ResultsStore:
         )
         return [SweepRow(*row) for row in cur.fetchall()]
 
+    def sweep_config(self, sweep: str) -> dict[str, Any]:
+        """The configuration ``sweep`` was recorded with (its sweep file, resolved; empty if
+        unknown)."""
+        row = self._conn.execute(
+            "SELECT config_json FROM sweeps WHERE name = ?", (sweep,)
+        ).fetchone()
+        return dict(json.loads(row[0] or "{}")) if row else {}
+
     def check_sweep(self, sweep: str) -> None:
         """Raise ``ClipclError`` (naming the known sweeps) unless ``sweep`` is recorded."""
         sweep_filter(self._conn, self.path, sweep, check=True)
@@ -375,6 +391,19 @@ class ResultsStore:
             ClipclError: If ``sweep`` is given and unknown.
         """
         return eval_rows_frame(self._conn, self.path, sweep)
+
+    def measured_tasks(self) -> list[dict[str, Any]]:
+        """Every finished task that recorded its throughput, with its chain's spec (``spec``,
+        a dict): the measurements :func:`clipcl.orchestrator.estimate.estimate` uses."""
+        columns = ["task_index", *(c for c, _ in TASK_THROUGHPUT_COLUMNS)]
+        cur = self._conn.execute(
+            f"SELECT c.spec_json, {', '.join('t.' + c for c in columns)} FROM tasks t "
+            "JOIN chains c USING (chain_id) WHERE t.device IS NOT NULL ORDER BY t.chain_id"
+        )
+        return [
+            {"spec": json.loads(row[0] or "{}"), **dict(zip(columns, row[1:], strict=True))}
+            for row in cur.fetchall()
+        ]
 
     def task_seconds_frame(self, sweep: str | None = None) -> pd.DataFrame:
         """Wall time of every finished task (see :func:`~clipcl.results.frames.

@@ -68,6 +68,7 @@ def run_chain_dir(
     progress: ChainProgress | None = None,
     until_task: int | None = None,
     stop: StopRequest | None = None,
+    started_at: float | None = None,
 ) -> dict[str, Any]:
     """Run or resume the chain whose spec is ``run_dir/spec.json``; return its result JSON.
 
@@ -80,6 +81,8 @@ def run_chain_dir(
         until_task: Stop once tasks ``0..until_task-1`` are finished (``None``: all).
         stop: The stop request the caller's signal handlers set (``None``: SIGTERM and
             SIGUSR2 set one here, in the main thread).
+        started_at: When this attempt began (the worker process's start; ``None``: now),
+            for the startup time the first task records.
 
     Returns:
         ``ChainResult.to_json()`` of the finished chain.
@@ -108,8 +111,27 @@ def run_chain_dir(
                 progress=progress,
                 until_task=until_task,
                 stop=stop,
+                started_at=started_at,
             )
     return result.to_json()
+
+
+def process_started_at() -> float | None:
+    """When this process started (Linux ``/proc``), ``None`` where it cannot be read."""
+    import os
+    import time
+
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return started if started <= time.time() else None
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -130,9 +152,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, started_at: float | None = None) -> int:
     """Run the worker; return the process exit code (0 done, 2 bad input, 1 bug, 75 stopped
-    on a signal)."""
+    on a signal). ``started_at``: when the worker process started (see
+    :func:`run_chain_dir`)."""
     args = _parse_args(argv)
     try:
         out = run_chain_dir(
@@ -142,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             progress=StreamProgress(sys.stderr),
             until_task=args.until_task,
+            started_at=started_at,
         )
     except ClipclError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -158,4 +182,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(started_at=process_started_at()))

@@ -36,6 +36,7 @@ from clipcl.methods import Method, TaskContext, method_class
 from clipcl.models import (
     CheckpointError,
     build_model,
+    device_name,
     load_checkpoint,
     pick_device,
     save_checkpoint,
@@ -191,14 +192,18 @@ def run_chain(
     progress: ChainProgress | None = None,
     until_task: int | None = None,
     stop: StopRequest | None = None,
+    started_at: float | None = None,
 ) -> ChainResult:
     """Run (or resume) the chain ``spec`` in ``run_dir``; return its matrix and metrics.
 
     ``until_task``: stop once tasks ``0..until_task-1`` are finished (one Slurm job per task
     runs a chain piecewise); ``None`` runs every task. ``stop``: polled after every step and
     between tasks; once requested, the chain snapshots and raises
-    :class:`~clipcl.workers.stop.Preempted`.
+    :class:`~clipcl.workers.stop.Preempted`. ``started_at``: when this attempt began (``None``:
+    now); the first task it finishes records the time from then to its start as
+    ``startup_seconds`` (imports, model, zero-shot row, resume).
     """
+    started_at = time.time() if started_at is None else started_at
     progress = progress or ChainProgress()
     records = RunDir(run_dir)
     benchmark = get_benchmark(spec.benchmark, data_root=data_root)
@@ -211,7 +216,17 @@ def run_chain(
     records.place_spec(spec, len(benchmark.tasks))
     with records.lock(spec.chain_id):
         return _run_locked(
-            spec, records, benchmark, model, method, dev, progress, until_task, data_root, stop
+            spec,
+            records,
+            benchmark,
+            model,
+            method,
+            dev,
+            progress,
+            until_task,
+            data_root,
+            stop,
+            started_at,
         )
 
 
@@ -226,6 +241,7 @@ def _run_locked(
     until_task: int | None = None,
     data_root: str | None = None,
     stop: StopRequest | None = None,
+    started_at: float | None = None,
 ) -> ChainResult:
     progress.message(
         f"chain {spec.chain_id}: {spec.method_name} on {spec.benchmark} "
@@ -262,6 +278,7 @@ def _run_locked(
     if start < stop_at < len(benchmark.tasks):
         progress.message(f"this job runs tasks {start}..{stop_at - 1}")
     trained_now: list[int] = []
+    batch = spec.train.batch_size
     snapshot = find_snapshot(records, spec, benchmark, start, stop_at, progress)
     for k in range(start, stop_at):
         if stop is not None and stop.requested:
@@ -281,6 +298,7 @@ def _run_locked(
             pin_memory=dev.type == "cuda",
         )
         t0 = time.time()
+        trained = 0
         method.before_task(ctx)
         if method.trains:
             steps = spec.train.steps_for(len(loader))
@@ -318,6 +336,7 @@ def _run_locked(
                 after_step=_with_curve(curve, hook),
             )
             curve.flush()
+            trained = steps - (resume.step if resume is not None else 0)
         method.after_task(ctx, loader)
         done = TaskRecord()
         if method.trains:
@@ -332,9 +351,16 @@ def _run_locked(
                 path,
             )
             done = TaskRecord(str(path.relative_to(records.path)), sha)
+        t_eval = time.time()
         rows = evaluate_after(k)
         records.append_rows(rows)
-        done.seconds, done.finished_at = round(time.time() - t0, 3), time.time()
+        now = time.time()
+        done.seconds, done.finished_at = round(now - t0, 3), now
+        done.device, done.steps, done.samples = device_name(dev), trained, trained * batch
+        done.train_seconds, done.eval_seconds = round(t_eval - t0, 3), round(now - t_eval, 3)
+        done.eval_samples = sum(r.total for r in rows)
+        if not trained_now and started_at is not None:  # this attempt's first task
+            done.startup_seconds = round(max(0.0, t0 - started_at), 3)
         state = records.load_state()
         state.completed[k] = done
         records.save_state(state)
