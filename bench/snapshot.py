@@ -39,13 +39,8 @@ import torch
 from clipcl.data import Benchmark, Task, TensorImageDataset, make_loader
 from clipcl.methods import TaskContext, create_method
 from clipcl.models import ModelConfig, build_model, pick_device
-from clipcl.workers.snapshot import (
-    TaskSnapshot,
-    capture_rng,
-    read_snapshot,
-    trainable_parameters,
-    write_snapshot,
-)
+from clipcl.workers.midtask import snapshot_now
+from clipcl.workers.snapshot import read_snapshot, trainable_parameters, write_snapshot
 from clipcl.workers.spec import ChainSpec, TrainConfig
 from clipcl.workers.train import StepState, train_task
 
@@ -95,19 +90,7 @@ def bench_model(arch: str, steps: int, writes: int, task_steps: int) -> dict[str
     if len(marks) <= 2:
         step_s = marks[1] - marks[0]
     state = last[0]
-    snapshot = TaskSnapshot(
-        chain_id="0" * 12,
-        task=0,
-        task_name=task.name,
-        step=state.step,
-        steps=state.steps,
-        params={n: p.detach() for n, p in trainable_parameters(model).items()},
-        method=method.task_state_dict(),
-        optimizer=state.optimizer.state_dict(),
-        scaler=state.scaler.state_dict(),
-        rng=capture_rng(),
-        recent=list(state.recent),
-    )
+    snapshot = snapshot_now("0" * 12, 0, task.name, model, method, state)
     with tempfile.TemporaryDirectory(prefix="clipcl-bench-snapshot-") as tmp:
         path = Path(tmp) / "snapshot.pt"
         times = []

@@ -77,6 +77,21 @@ def test_estimate_is_samples_times_the_measured_rates() -> None:
     assert gpu.seconds == pytest.approx(2 * 20 * 32 * 0.1 / 320 + 100 * 0.01 / 100 + 200 * 0.0001)
 
 
+def test_the_startup_of_the_chains_own_benchmark_comes_first() -> None:
+    free = dict(train_seconds=0.0, eval_seconds=0.0)  # only the startups cost anything
+    measured = [
+        _measured(benchmark="b", startup_seconds=5.0, **free),
+        _measured(benchmark="b2", startup_seconds=50.0, **free),
+        _measured(benchmark="b3", startup_seconds=None, **free),
+    ]
+    one = range(0, 1)
+    got = [
+        estimate([_left(benchmark=b, tasks=one)], measured).chains[0].seconds
+        for b in ["b", "b3"]
+    ]
+    assert got == [5.0, pytest.approx(27.5)]  # b3 has none: the mean over every benchmark
+
+
 def test_what_cannot_be_estimated_says_why() -> None:
     measured = [_measured(task_index=0), _measured(task_index=1)]
     cases = {

@@ -30,31 +30,17 @@ def _fsync_dir(directory: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> str:
     """Atomically replace ``path`` with ``data``; return the SHA-256 hex digest of ``data``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; keep shared run roots readable
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return hashlib.sha256(data).hexdigest()
+    return atomic_write_stream(path, lambda f: f.write(data))
 
 
-def atomic_write_stream(path: Path, write: Callable[[BinaryIO], None]) -> str:
+def atomic_write_stream(path: Path, write: Callable[[BinaryIO], object]) -> str:
     """Atomically replace ``path`` with what ``write(file)`` writes (streamed, never held in
     memory whole); return the SHA-256 hex digest of the content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; keep shared run roots readable
         with os.fdopen(fd, "wb") as f:
             hashing = _HashingWriter(f)
             write(hashing)  # type: ignore[arg-type]

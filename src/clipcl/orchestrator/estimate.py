@@ -11,7 +11,8 @@ measurements into a time per unfinished chain:
 - evaluation: the samples a finished run of the same benchmark evaluated after that task × the
   seconds per evaluated sample of the same model, precision and device type;
 - one start per chain (worker start, imports, model, zero-shot row or resume): the mean
-  ``startup_seconds`` of the same model and device type (0 where none was recorded).
+  ``startup_seconds`` of the same model and device type on the same benchmark, else on any
+  (0 where none was recorded).
 
 Device type is ``gpu`` or ``cpu``: a chain asking for GPUs (``resources.gpus``) runs on one (the
 backends hide GPUs from a chain that asks for none). Device-hours are wall hours × the
@@ -190,9 +191,10 @@ def estimate(chains: Iterable[_Left], measured: Sequence[Measured]) -> CostAhead
     eval_samples: dict[tuple[str, int], int] = {}
     epoch_steps: dict[tuple[str, int, int, int], int] = {}
     based_on: dict[str, int] = defaultdict(int)
-    startup: dict[tuple[str, str], list[float]] = defaultdict(list)
+    startup: dict[tuple[str, ...], list[float]] = defaultdict(list)
     for m in measured:
-        if m.startup_seconds is not None:
+        if m.startup_seconds is not None:  # the zero-shot row in it scales with the benchmark
+            startup[(m.arch, m.kind, m.benchmark)].append(m.startup_seconds)
             startup[(m.arch, m.kind)].append(m.startup_seconds)
         train_rate[(m.method, m.arch, m.precision, m.kind)].append((m.train_seconds, m.samples))
         eval_rate[(m.arch, m.precision, m.kind)].append((m.eval_seconds, m.eval_samples))
@@ -206,7 +208,9 @@ def estimate(chains: Iterable[_Left], measured: Sequence[Measured]) -> CostAhead
         seconds, why = _chain_seconds(left, train_rate, eval_rate, eval_samples, epoch_steps)
         if seconds is not None and left.tasks:
             used.add((left.arch, left.kind))
-            starts = startup.get((left.arch, left.kind))
+            starts = startup.get((left.arch, left.kind, left.benchmark)) or startup.get(
+                (left.arch, left.kind)
+            )
             seconds += sum(starts) / len(starts) if starts else 0.0
         out.append(ChainCost(left.chain_id, len(left.tasks), left.kind, left.units, seconds, why))
     for m in measured:
