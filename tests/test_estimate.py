@@ -86,8 +86,7 @@ def test_the_startup_of_the_chains_own_benchmark_comes_first() -> None:
     ]
     one = range(0, 1)
     got = [
-        estimate([_left(benchmark=b, tasks=one)], measured).chains[0].seconds
-        for b in ["b", "b3"]
+        estimate([_left(benchmark=b, tasks=one)], measured).chains[0].seconds for b in ["b", "b3"]
     ]
     assert got == [5.0, pytest.approx(27.5)]  # b3 has none: the mean over every benchmark
 
