@@ -298,7 +298,7 @@ def status(
         out.print(summary, soft_wrap=True, highlight=False)  # one line, however long
         table = Table()
         cols = ("chain", "method", "benchmark", "seed", "settings", "state", "tasks", "attempts")
-        for col in (*cols, "job"):
+        for col in (*cols, "job", "ran on"):
             table.add_column(col)
         for r in now.rows[:limit]:
             table.add_row(
@@ -311,6 +311,7 @@ def status(
                 f"{r.tasks_done}/{r.num_tasks}",
                 str(r.attempts),
                 str(r.job_id or ""),
+                r.hosts or "",
             )
         out.print(table)
         if len(now.rows) > limit:
@@ -381,10 +382,42 @@ def logs(
         raise ClipclError(
             f"no log for chain '{chain}' under {root} (looked for {log} and Slurm job logs)"
         )
+    for line in where_it_ran(RunDir.of(root, chain)):
+        err.print(line, highlight=False, soft_wrap=True)  # stdout stays the log itself
     for path in files:
         if len(files) > 1:
             print(f"==> {path} <==")
         print("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+
+
+def where_it_ran(records) -> list[str]:
+    """One line per worker attempt (number, host, IP, pid, job, start) and per finished task
+    (attempt, host, device, seconds), from the chain's records; nothing when it never ran."""
+    import datetime
+
+    def when(t: float | None) -> str:
+        return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+    out = []
+    for a in records.attempts():
+        job = f", job {a['job_id']}" if a.get("job_id") else ""
+        out.append(
+            f"attempt {a.get('attempt')}: {a.get('host')} ({a.get('ip') or '-'}), pid "
+            f"{a.get('pid')}{job}, began {when(a.get('started_at'))}"
+        )
+    try:
+        completed = records.load_state().completed
+    except ClipclError:
+        completed = {}
+    for k, t in sorted(completed.items()):
+        if t.host is None:
+            continue
+        gpu = f" {t.gpu_uuid}" if t.gpu_uuid else ""
+        out.append(
+            f"task {k}: attempt {t.attempt} on {t.host}, {t.device}{gpu}, "
+            f"{when(t.started_at)} – {when(t.finished_at)} ({t.seconds:.1f} s)"
+        )
+    return out
 
 
 @app.command()

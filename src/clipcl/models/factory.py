@@ -170,6 +170,16 @@ def device_name(device: torch.device) -> str:
     return str(torch.cuda.get_device_name(device))
 
 
+def gpu_uuid(device: torch.device) -> str | None:
+    """The CUDA device's UUID (``None`` on the CPU or where torch does not report it)."""
+    if device.type != "cuda":
+        return None
+    try:
+        return str(torch.cuda.get_device_properties(device).uuid)
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
     """Autocast context for the chosen compute precision (weights stay fp32)."""
     if precision == "fp32":

@@ -12,7 +12,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clipcl.results.schema import TASK_THROUGHPUT_COLUMNS, sweep_filter
+from clipcl.results.schema import TASK_RECORD_COLUMNS, sweep_filter
 
 if TYPE_CHECKING:
     import numpy as np
@@ -151,7 +151,7 @@ def task_seconds_frame(
     import pandas as pd
 
     where, params = sweep_filter(conn, path, sweep, alias="t")
-    columns = ["chain_id", "task_index", "seconds", *(c for c, _ in TASK_THROUGHPUT_COLUMNS)]
+    columns = ["chain_id", "task_index", "seconds", *(c for c, _ in TASK_RECORD_COLUMNS)]
     rows = conn.execute(
         f"SELECT {', '.join(columns)} FROM tasks t {where} ORDER BY chain_id, task_index",
         params,

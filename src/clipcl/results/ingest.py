@@ -17,7 +17,7 @@ from pathlib import Path
 from clipcl.errors import ClipclError
 from clipcl.results.records import ZEROSHOT, EvalRow, RunDir, TaskRecord
 from clipcl.results.rows import ChainRecord
-from clipcl.results.schema import upsert_chain, write
+from clipcl.results.schema import TASK_RECORD_COLUMNS, upsert_chain, write
 
 __all__ = ["ingest_chain", "ingest_root", "signature"]
 
@@ -52,7 +52,7 @@ def ingest_chain(conn: sqlite3.Connection, chain_id: str, run_dir: Path) -> int:
     sig = signature(records)  # before reading: a later write changes it again
     try:
         state = records.verified_state()  # one snapshot of the finished tasks
-        rows = records.read_rows()
+        rows = records.read_rows(state)  # a superseded attempt's rows never count
         known = conn.execute("SELECT 1 FROM chains WHERE chain_id = ?", (chain_id,))
         spec = None if known.fetchone() else json.loads(records.spec_path.read_text())
     except (OSError, ValueError) as exc:
@@ -85,7 +85,11 @@ def ingest_chain(conn: sqlite3.Connection, chain_id: str, run_dir: Path) -> int:
                     chain_id,
                 ),
             )
-        c.execute("UPDATE chains SET ingest_sig = ? WHERE chain_id = ?", (sig, chain_id))
+        # every worker start is an attempt (Ray retries and Slurm requeues included)
+        c.execute(
+            "UPDATE chains SET ingest_sig = ?, attempts = MAX(attempts, ?) WHERE chain_id = ?",
+            (sig, records.newest_attempt(), chain_id),
+        )
         query = "SELECT COUNT(*) FROM eval_rows WHERE chain_id = ?"
         return int(c.execute(query, (chain_id,)).fetchone()[0])
 
@@ -100,13 +104,13 @@ def _put_rows(
     """Upsert tasks, eval rows and task names; drop those of tasks no longer finished."""
     names = {r.eval_task: r.eval_name for r in rows}
     names.update({r.trained_task: r.trained_name for r in rows})
+    extra = [name for name, _ in TASK_RECORD_COLUMNS]
     c.executemany(
-        "INSERT OR REPLACE INTO tasks (chain_id, task_index, name, finished_at, seconds, device, "
-        "steps, samples, train_seconds, eval_seconds, eval_samples, startup_seconds) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO tasks (chain_id, task_index, name, finished_at, seconds, "
+        f"{', '.join(extra)}) VALUES ({', '.join('?' * (5 + len(extra)))})",
         [
-            (chain_id, k, names.get(k), v.finished_at, v.seconds, v.device, v.steps, v.samples)
-            + (v.train_seconds, v.eval_seconds, v.eval_samples, v.startup_seconds)
+            (chain_id, k, names.get(k), v.finished_at, v.seconds)
+            + tuple(getattr(v, name) for name in extra)
             for k, v in completed.items()
         ],
     )

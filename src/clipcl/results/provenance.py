@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["collect_provenance", "config_hash"]
+__all__ = ["collect_provenance", "config_hash", "where_this_runs"]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _VERSIONED = ("clipcl", "torch", "open_clip_torch", "ray")
@@ -58,6 +58,27 @@ def _device() -> str | None:
         return str(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else "cpu"
     except Exception:  # noqa: BLE001 - provenance must never fail
         return None
+
+
+def _node_ip(host: str) -> str | None:
+    """The address the host name resolves to (``/etc/hosts`` or DNS; no packet is sent)."""
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return None
+
+
+def where_this_runs() -> dict[str, Any]:
+    """Where this process runs, for a worker attempt's records: host, node IP, pid and the
+    scheduler's job id (Slurm's ``JOBID[_ARRAYINDEX]``; ``None`` elsewhere); never raises."""
+    import os
+
+    host = socket.gethostname()
+    job = os.environ.get("SLURM_JOB_ID")
+    array = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if job and array:
+        job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', job)}_{array}"
+    return {"host": host, "ip": _node_ip(host), "pid": os.getpid(), "job_id": job}
 
 
 def collect_provenance(config: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -12,6 +12,9 @@ Layout of ``<root>/chains/<chain_id>/``::
     ckpt/snapshot.pt the mid-task snapshot of the task in progress (at most one; atomic, its
                      SHA-256 inside; removed once that task is finished)
     .lock            flock held by the one process that trains the chain
+    attempts/NNNNNN.json  one per worker attempt, created exclusively (O_EXCL) before it
+                     trains: the newest number is the one attempt allowed to write; a worker
+                     whose number is no longer the newest stops before its next write
     worker.pid       the PID of the worker holding the lock
     worker.log       the worker's stdout/stderr (local and Ray backends)
 
@@ -28,13 +31,13 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from clipcl.durable import append_lines_durably, atomic_write_bytes, atomic_write_json
+from clipcl.durable import append_lines_durably, atomic_write_bytes, atomic_write_json, fsync_dir
 from clipcl.errors import ClipclError
 
 ZEROSHOT = -1  # ``trained_task`` of the rows measured before the first task
@@ -49,6 +52,13 @@ SNAPSHOT_FILE = "snapshot.pt"
 LOCK_FILE = ".lock"
 PID_FILE = "worker.pid"
 LOG_FILE = "worker.log"
+ATTEMPTS_DIR = "attempts"
+#: Test-only: "1" turns the chain lock off, to show that fencing alone keeps one writer.
+NO_LOCK_ENV = "CLIPCL_TEST_NO_LOCK"
+
+
+class Superseded(ClipclError):
+    """A newer attempt of the chain started: this worker must not write its records."""
 
 
 @dataclass(frozen=True)
@@ -62,13 +72,17 @@ class EvalRow:
     eval_name: str
     correct: int
     total: int
+    attempt: int | None = None  # the worker attempt that wrote it (None: older records)
 
     @property
     def top1(self) -> float:
         return 100.0 * self.correct / self.total if self.total else float("nan")
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "top1": self.top1}, sort_keys=True)
+        data = {**asdict(self), "top1": self.top1}
+        if self.attempt is None:
+            del data["attempt"]
+        return json.dumps(data, sort_keys=True)
 
 
 @dataclass
@@ -81,7 +95,9 @@ class TaskRecord:
     ``train_seconds`` (training, the method's task hooks and the checkpoint), ``eval_seconds``
     and ``eval_samples`` (the evaluation after the task); the first task an attempt finishes
     also records ``startup_seconds``, from the worker's start to the task's (imports, model,
-    zero-shot row, resume).
+    zero-shot row, resume). Where it ran: the worker ``attempt`` that finished it (its rows
+    carry the same number), ``host``, ``ip``, ``gpu_uuid``, the scheduler's ``job_id`` and
+    ``started_at`` (epoch seconds; ``finished_at`` ends it).
     """
 
     checkpoint: str | None = None
@@ -95,6 +111,12 @@ class TaskRecord:
     eval_seconds: float | None = None
     eval_samples: int | None = None
     startup_seconds: float | None = None
+    attempt: int | None = None
+    host: str | None = None
+    ip: str | None = None
+    gpu_uuid: str | None = None
+    job_id: str | None = None
+    started_at: float | None = None
 
 
 @dataclass
@@ -106,12 +128,21 @@ class ChainState:
         zeroshot_done: Whether the zero-shot rows are written.
         num_tasks: The chain's number of tasks (``None`` in records older than this field).
         events: Things worth keeping that happened to the chain (e.g. a bad checkpoint).
+        zeroshot_attempt: The attempt whose zero-shot rows count (``None``: older records).
     """
 
     completed: dict[int, TaskRecord] = field(default_factory=dict)
     zeroshot_done: bool = False
     num_tasks: int | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    zeroshot_attempt: int | None = None
+
+    def attempt_of(self, trained_task: int) -> int | None:
+        """The attempt whose rows after ``trained_task`` count (``None``: any, last wins)."""
+        if trained_task == ZEROSHOT:
+            return self.zeroshot_attempt
+        record = self.completed.get(trained_task)
+        return record.attempt if record is not None else None
 
     @property
     def tasks_done(self) -> int:
@@ -143,6 +174,7 @@ class ChainState:
             bool(data.get("zeroshot_done", False)),
             int(num) if num is not None else None,
             list(data.get("events", [])),
+            data.get("zeroshot_attempt"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -155,6 +187,8 @@ class ChainState:
             out["num_tasks"] = self.num_tasks
         if self.events:
             out["events"] = self.events
+        if self.zeroshot_attempt is not None:
+            out["zeroshot_attempt"] = self.zeroshot_attempt
         return out
 
 
@@ -210,6 +244,8 @@ class RunDir:
         self.pid_path = self.path / PID_FILE
         self.log_path = self.path / LOG_FILE
         self.snapshot_path = self.path / CKPT_DIR / SNAPSHOT_FILE
+        self.attempts_path = self.path / ATTEMPTS_DIR
+        self.attempt: int | None = None  # set by begin_attempt: then every write is fenced
 
     @classmethod
     def of(cls, root: str | Path, chain_id: str) -> RunDir:
@@ -317,6 +353,7 @@ class RunDir:
     def save_state(self, state: ChainState | Mapping[str, Any]) -> None:
         """Replace ``state.json`` atomically (a mapping is checked as ``state.json`` content)."""
         typed = state if isinstance(state, ChainState) else ChainState.from_json(state)
+        self.guard()
         atomic_write_json(self.state_path, typed.to_json())
 
     def completed(self) -> dict[int, TaskRecord]:
@@ -334,7 +371,7 @@ class RunDir:
         state = self.load_state()
         if not state.completed:
             return state
-        rows = {(r.trained_task, r.eval_task) for r in self.read_rows()}
+        rows = {(r.trained_task, r.eval_task) for r in self.read_rows(state)}
         kept: dict[int, TaskRecord] = {}
         for k in range(max(state.completed) + 1):
             if k not in state.completed or any((k, i) not in rows for i in range(k + 1)):
@@ -353,11 +390,16 @@ class RunDir:
 
     # ----- rows -----
     def append_rows(self, rows: list[EvalRow]) -> None:
+        """Append rows durably; inside an attempt they carry its number (and are fenced)."""
+        self.guard()
+        if self.attempt is not None:
+            rows = [r if r.attempt is not None else replace(r, attempt=self.attempt) for r in rows]
         append_lines_durably(self.rows_path, [r.to_json() for r in rows])
 
-    def read_rows(self) -> list[EvalRow]:
+    def read_rows(self, state: ChainState | None = None) -> list[EvalRow]:
         """All rows, last write wins per (trained_task, eval_task); a torn last line (a crash
-        while appending) is skipped.
+        while appending) is skipped. With ``state``, a task that ``state`` says an attempt
+        finished keeps only that attempt's rows (a superseded copy's rows never count).
 
         Raises:
             CorruptRecords: A line before the last is not a row.
@@ -370,7 +412,7 @@ class RunDir:
         for number, line in enumerate(lines, start=1):
             try:
                 d = json.loads(line)
-                row = EvalRow(**{k: d[k] for k in fields})
+                row = EvalRow(**{k: d[k] for k in fields if k in d})
             except (json.JSONDecodeError, KeyError, TypeError):
                 if number == len(lines):
                     continue
@@ -378,6 +420,10 @@ class RunDir:
                     f"{self.rows_path}: line {number} is not an evaluation row; move the "
                     "chain directory away to start the chain over"
                 ) from None
+            if state is not None:
+                wanted = state.attempt_of(row.trained_task)
+                if wanted is not None and row.attempt != wanted:
+                    continue
             latest[(row.trained_task, row.eval_task)] = row
         return list(latest.values())
 
@@ -398,7 +444,7 @@ class RunDir:
         done = set(state.completed)
         if state.zeroshot_done:
             done.add(ZEROSHOT)
-        return [r for r in self.read_rows() if r.trained_task in done]
+        return [r for r in self.read_rows(state) if r.trained_task in done]
 
     def matrix(self, num_tasks: int) -> tuple[np.ndarray, np.ndarray]:
         """(accuracy matrix (T, T) in percent with NaN where not evaluated, test counts (T,))."""
@@ -417,6 +463,66 @@ class RunDir:
                 acc[r.eval_task] = r.top1
         return acc
 
+    # ----- attempts (fencing: one writer even when the lock fails) -----
+    def begin_attempt(self, info: Mapping[str, Any]) -> int:
+        """Take the next attempt number: ``attempts/NNNNNN.json`` (holding ``info``) is
+        created with ``O_EXCL``, so two workers never get the same number, and fsynced."""
+        self.attempts_path.mkdir(parents=True, exist_ok=True)
+        number = self.newest_attempt() + 1
+        while True:
+            path = self.attempts_path / f"{number:06d}.json"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                number += 1
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps({"attempt": number, **info}, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_dir(self.attempts_path)
+            self.attempt = number
+            return number
+
+    def newest_attempt(self) -> int:
+        """The highest attempt number taken so far (0: none)."""
+        try:
+            names = os.listdir(self.attempts_path)
+        except FileNotFoundError:
+            return 0
+        numbers = [int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()]
+        return max(numbers, default=0)
+
+    def check_attempt(self, attempt: int) -> None:
+        """Raise :class:`Superseded` unless ``attempt`` is still the newest attempt."""
+        newest = self.newest_attempt()
+        if newest != attempt:
+            raise Superseded(
+                f"{self.path}: attempt {attempt} is superseded by attempt {newest} of this "
+                "chain (another copy runs it); this one stops without writing"
+            )
+
+    def guard(self) -> None:
+        """Before a write of this attempt (see :meth:`begin_attempt`): raise
+        :class:`Superseded` if a newer attempt began. A no-op outside an attempt."""
+        if self.attempt is not None:
+            self.check_attempt(self.attempt)
+
+    def attempts(self) -> list[dict[str, Any]]:
+        """What each attempt recorded when it began (host, pid, job id, time), oldest first;
+        unreadable files are left out."""
+        out = []
+        try:
+            paths = sorted(self.attempts_path.glob("*.json"))
+        except OSError:
+            return []
+        for path in paths:
+            try:
+                out.append(dict(json.loads(path.read_text())))
+            except (OSError, ValueError, TypeError):
+                continue
+        return out
+
     # ----- the lock and the worker's PID -----
     @contextlib.contextmanager
     def lock(self, chain_id: str) -> Iterator[None]:
@@ -429,8 +535,8 @@ class RunDir:
             ChainBusy: another live process holds the chain.
         """
         key = self.path.resolve()
-        if key in _HELD:
-            yield
+        if key in _HELD or os.environ.get(NO_LOCK_ENV) == "1":
+            yield  # re-entrant; or the lock is off (tests of fencing alone)
             return
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a+") as fh:

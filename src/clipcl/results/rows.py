@@ -85,6 +85,7 @@ class ChainRow:
         backend: The backend that last ran it (``local``, ``ray``, ``slurm``), if any.
         job_id: The backend's id of its last job, if any.
         error: Why it failed or was cancelled (None otherwise).
+        hosts: The hosts its finished tasks ran on, comma-separated (None: none recorded).
     """
 
     chain_id: str
@@ -99,6 +100,7 @@ class ChainRow:
     backend: str | None
     job_id: str | None
     error: str | None
+    hosts: str | None
 
 
 @dataclass(frozen=True)

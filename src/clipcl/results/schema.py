@@ -24,8 +24,8 @@ DB_NAME = "clipcl.sqlite"
 STATES = ("new", "queued", "running", "done", "failed", "cancelled")
 BUSY_TIMEOUT_S = 30.0
 SCHEMA_VERSION = 3  # 2: the jobs table (scheduler jobs of each chain); 3: tasks' throughput
-#: Per-task throughput (schema 3), in the order of the tasks table.
-TASK_THROUGHPUT_COLUMNS = (
+#: Per-task throughput and where the task ran (schema 3), in the order of the tasks table.
+TASK_RECORD_COLUMNS = (
     ("device", "TEXT"),
     ("steps", "INTEGER"),
     ("samples", "INTEGER"),
@@ -33,6 +33,12 @@ TASK_THROUGHPUT_COLUMNS = (
     ("eval_seconds", "REAL"),
     ("eval_samples", "INTEGER"),
     ("startup_seconds", "REAL"),
+    ("attempt", "INTEGER"),
+    ("host", "TEXT"),
+    ("ip", "TEXT"),
+    ("gpu_uuid", "TEXT"),
+    ("job_id", "TEXT"),
+    ("started_at", "REAL"),
 )
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS sweeps (
@@ -56,7 +62,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     chain_id TEXT NOT NULL REFERENCES chains (chain_id) ON DELETE CASCADE,
     task_index INTEGER NOT NULL, name TEXT, finished_at REAL, seconds REAL,
     device TEXT, steps INTEGER, samples INTEGER, train_seconds REAL, eval_seconds REAL,
-    eval_samples INTEGER, startup_seconds REAL,
+    eval_samples INTEGER, startup_seconds REAL, attempt INTEGER, host TEXT, ip TEXT,
+    gpu_uuid TEXT, job_id TEXT, started_at REAL,
     PRIMARY KEY (chain_id, task_index)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS eval_rows (
     chain_id TEXT NOT NULL REFERENCES chains (chain_id) ON DELETE CASCADE,
@@ -136,7 +143,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         with write(conn) as c:
             have = {row[1] for row in c.execute("PRAGMA table_info(tasks)")}
             if have:  # an older file: its tasks table gains the throughput columns
-                for column, kind in TASK_THROUGHPUT_COLUMNS:
+                for column, kind in TASK_RECORD_COLUMNS:
                     if column not in have:
                         c.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
             for statement in _SCHEMA.split(";"):

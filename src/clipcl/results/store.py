@@ -31,7 +31,7 @@ from clipcl.results.rows import ChainDetail, ChainRecord, ChainRow, JobRow, Swee
 from clipcl.results.schema import (
     DB_NAME,
     STATES,
-    TASK_THROUGHPUT_COLUMNS,
+    TASK_RECORD_COLUMNS,
     connect,
     sweep_filter,
     upsert_chain,
@@ -64,13 +64,14 @@ _STAMPS: dict[str, dict[str, str | None]] = {
 # A chain's ChainRow columns (then, for ChainDetail, the rest) and the join counting its tasks.
 _PROGRESS = (
     "c.chain_id, c.method, c.benchmark, c.seed, c.settings_json, c.state, COALESCE(t.n, 0), "
-    "c.num_tasks, c.attempts, c.backend, c.job_id, c.error"
+    "c.num_tasks, c.attempts, c.backend, c.job_id, c.error, t.hosts"
 )
 _DETAIL = (
     "c.protocol, c.spec_json, c.config_hash, c.task_names_json, c.submitted, c.started, c.finished"
 )
 _TASKS_DONE = (
-    "LEFT JOIN (SELECT chain_id, COUNT(*) AS n FROM tasks GROUP BY chain_id) t "
+    "LEFT JOIN (SELECT chain_id, COUNT(*) AS n, GROUP_CONCAT(DISTINCT host) AS hosts "
+    "FROM tasks GROUP BY chain_id) t "
     "ON t.chain_id = c.chain_id"
 )
 _ROW_FIELDS = tuple(f.name for f in fields(ChainRow))  # the order of _PROGRESS
@@ -261,14 +262,14 @@ class ResultsStore:
         if row is None:
             return None
         return ChainDetail(
-            **_progress_fields(row[:12]),
-            protocol=row[12],
-            spec=json.loads(row[13]),
-            config_hash=row[14],
-            task_names={int(k): v for k, v in json.loads(row[15]).items()},
-            submitted=row[16],
-            started=row[17],
-            finished=row[18],
+            **_progress_fields(row[:13]),
+            protocol=row[13],
+            spec=json.loads(row[14]),
+            config_hash=row[15],
+            task_names={int(k): v for k, v in json.loads(row[16]).items()},
+            submitted=row[17],
+            started=row[18],
+            finished=row[19],
         )
 
     def sweeps(self) -> list[SweepRow]:
@@ -395,7 +396,7 @@ class ResultsStore:
     def measured_tasks(self) -> list[dict[str, Any]]:
         """Every finished task that recorded its throughput, with its chain's spec (``spec``,
         a dict): the measurements :func:`clipcl.orchestrator.estimate.estimate` uses."""
-        columns = ["task_index", *(c for c, _ in TASK_THROUGHPUT_COLUMNS)]
+        columns = ["task_index", *(c for c, _ in TASK_RECORD_COLUMNS)]
         cur = self._conn.execute(
             f"SELECT c.spec_json, {', '.join('t.' + c for c in columns)} FROM tasks t "
             "JOIN chains c USING (chain_id) WHERE t.device IS NOT NULL ORDER BY t.chain_id"

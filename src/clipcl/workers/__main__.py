@@ -6,7 +6,9 @@ records its PID in ``worker.pid``, runs or resumes the chain with
 :func:`clipcl.workers.run_chain` and prints the result as one JSON line on stdout. Progress
 goes to stderr. Exit codes: 0 done, 2 bad input (``ClipclError``, one line on
 stderr), 1 anything else (traceback on stderr), 75 (:data:`~clipcl.workers.stop.EXIT_PREEMPTED`)
-stopped on SIGTERM or SIGUSR2 after snapshotting the step in progress: run it again to resume.
+stopped on SIGTERM or SIGUSR2 after snapshotting the step in progress: run it again to resume;
+76 (:data:`~clipcl.workers.stop.EXIT_SUPERSEDED`) a newer attempt of the chain began, so this
+one stopped before its next write.
 
 Backends that run chains in-process (Ray) call :func:`run_chain_dir` directly. This module
 never imports an orchestration framework.
@@ -26,11 +28,17 @@ from typing import Any, TextIO
 import torch
 
 from clipcl.errors import ClipclError
-from clipcl.results.records import RunDir
+from clipcl.results.records import RunDir, Superseded
 from clipcl.validation import validate
 from clipcl.workers.chain import ChainProgress, run_chain
 from clipcl.workers.spec import ChainSpec
-from clipcl.workers.stop import EXIT_PREEMPTED, Preempted, StopRequest, stop_on_signals
+from clipcl.workers.stop import (
+    EXIT_PREEMPTED,
+    EXIT_SUPERSEDED,
+    Preempted,
+    StopRequest,
+    stop_on_signals,
+)
 
 
 class StreamProgress(ChainProgress):
@@ -167,6 +175,9 @@ def main(argv: Sequence[str] | None = None, started_at: float | None = None) -> 
             until_task=args.until_task,
             started_at=started_at,
         )
+    except Superseded as exc:
+        print(str(exc), file=sys.stderr, flush=True)
+        return EXIT_SUPERSEDED
     except ClipclError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2

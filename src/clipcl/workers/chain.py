@@ -37,6 +37,7 @@ from clipcl.models import (
     CheckpointError,
     build_model,
     device_name,
+    gpu_uuid,
     load_checkpoint,
     pick_device,
     save_checkpoint,
@@ -44,6 +45,7 @@ from clipcl.models import (
 from clipcl.progress import ChainProgress
 from clipcl.results.curves import TrainLog
 from clipcl.results.metrics import cil_metrics, mtil_metrics
+from clipcl.results.provenance import where_this_runs
 from clipcl.results.records import ZEROSHOT, ChainBusy, RunDir, TaskRecord  # noqa: F401
 from clipcl.workers.evaluate import evaluate
 from clipcl.workers.midtask import SnapshotHook, apply_snapshot, find_snapshot, snapshot_now
@@ -130,6 +132,7 @@ def _resume(records: RunDir, model, method: Method, progress: ChainProgress) -> 
 def _prune_checkpoints(records: RunDir, keep: int) -> None:
     if keep <= 0:
         return
+    records.guard()
     state = records.load_state()
     with_ckpt = sorted(k for k, v in state.completed.items() if v.checkpoint)
     for k in with_ckpt[:-keep]:
@@ -215,6 +218,9 @@ def run_chain(
     # only once inputs are known good: bad input writes nothing
     records.place_spec(spec, len(benchmark.tasks))
     with records.lock(spec.chain_id):
+        # the newest attempt is the one writer, even where the lock fails (network FS, a
+        # requeued copy on another node): every write of an older one raises Superseded
+        records.begin_attempt({**where_this_runs(), "started_at": time.time()})
         return _run_locked(
             spec,
             records,
@@ -264,7 +270,7 @@ def _run_locked(
         progress.message("evaluating the pretrained model (zero-shot row)")
         records.append_rows(evaluate_after(ZEROSHOT))
         state = records.load_state()
-        state.zeroshot_done = True
+        state.zeroshot_done, state.zeroshot_attempt = True, records.attempt
         records.save_state(state)
     # After the zero-shot row: that row is the pretrained CLIP, before any prompt or adapter.
     method.setup(model)
@@ -279,6 +285,7 @@ def _run_locked(
         progress.message(f"this job runs tasks {start}..{stop_at - 1}")
     trained_now: list[int] = []
     batch = spec.train.batch_size
+    where = where_this_runs()
     snapshot = find_snapshot(records, spec, benchmark, start, stop_at, progress)
     for k in range(start, stop_at):
         if stop is not None and stop.requested:
@@ -311,9 +318,15 @@ def _run_locked(
                 progress.step(k, step, steps, loss)
 
             def make(state: StepState, k: int = k, name: str = task.name) -> TaskSnapshot:
+                records.guard()  # a superseded copy writes no snapshot
                 return snapshot_now(spec.chain_id, k, name, model, method, state)
 
             curve = TrainLog(records.train_path, k, steps, resume.step if resume else 0)
+
+            def flush_curve(curve: TrainLog = curve) -> None:
+                records.guard()
+                curve.flush()
+
             hook = SnapshotHook(
                 records.snapshot_path,
                 make,
@@ -323,7 +336,7 @@ def _run_locked(
                 resume.step if resume is not None else 0,
                 progress.message,
                 k,
-                curve.flush,
+                flush_curve,
             )
             train_task(
                 model,
@@ -335,12 +348,13 @@ def _run_locked(
                 resume=resume,
                 after_step=_with_curve(curve, hook),
             )
-            curve.flush()
+            flush_curve()
             trained = steps - (resume.step if resume is not None else 0)
         method.after_task(ctx, loader)
         done = TaskRecord()
         if method.trains:
             path = records.checkpoint_path(k)
+            records.guard()
             sha = save_checkpoint(
                 {
                     "model": model.state_dict(),
@@ -361,6 +375,8 @@ def _run_locked(
         done.eval_samples = sum(r.total for r in rows)
         if not trained_now and started_at is not None:  # this attempt's first task
             done.startup_seconds = round(max(0.0, t0 - started_at), 3)
+        done.attempt, done.started_at, done.gpu_uuid = records.attempt, t0, gpu_uuid(dev)
+        done.host, done.ip, done.job_id = where["host"], where["ip"], where["job_id"]
         state = records.load_state()
         state.completed[k] = done
         records.save_state(state)

@@ -18,6 +18,9 @@ from typing import Any
 #: The worker's exit code after a requested stop (EX_TEMPFAIL): run it again to resume.
 EXIT_PREEMPTED = 75
 
+#: The worker's exit code when a newer attempt of its chain began (it wrote nothing since).
+EXIT_SUPERSEDED = 76
+
 #: The signals a worker turns into a stop request.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
