@@ -34,7 +34,7 @@ from clipcl.orchestrator.backend import (
 )
 from clipcl.orchestrator.backends import BackendOptions
 from clipcl.results.records import RunDir
-from clipcl.workers.stop import EXIT_PREEMPTED
+from clipcl.workers.stop import EXIT_PREEMPTED, EXIT_SUPERSEDED
 
 GRACE_S = 10.0  # SIGTERM → SIGKILL
 HELD_RETRY_S = 1.0  # how often a chain another process holds is looked at again
@@ -332,6 +332,8 @@ class LocalBackend(CoordinatedBackend):
             what = f"killed by {signal.Signals(-returncode).name}"
         elif returncode == EXIT_PREEMPTED:
             what = "stopped on a signal after snapshotting its step (clipcl retry resumes it)"
+        elif returncode == EXIT_SUPERSEDED:
+            what = "stopped: a newer attempt of the chain runs it (this one wrote nothing more)"
         else:
             what = f"exited with code {returncode}"
         tail = _log_tail(handle.log_path, handle._log_offset)

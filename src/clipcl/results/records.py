@@ -3,7 +3,8 @@
 Layout of ``<root>/chains/<chain_id>/``::
 
     spec.json        the resolved ChainSpec (written once, before the chain first runs)
-    rows.jsonl       evaluation rows, appended + fsynced after each task (last write wins)
+    rows.jsonl       evaluation rows, appended + fsynced after each task, each with its attempt
+                     (of a finished task only the finishing attempt's count; then last write wins)
     train.jsonl      training curves: loss, loss terms, lr and seconds every few steps,
                      appended + fsynced per task and before each snapshot (results/curves.py)
     state.json       finished tasks, their checkpoint checksums, the number of tasks
