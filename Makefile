@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint bench clean slurm-up browser-up
+.PHONY: install demo test test-fast lint bench clean slurm-up browser-up cluster-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/clipcl results sweeps/demo.yaml
 	$(BIN)/clipcl report sweeps/demo.yaml
 
-test: $(STAMP) slurm-up browser-up
+test: $(STAMP) slurm-up browser-up cluster-tools
 	$(BIN)/python -m pytest
 
 # A real single-node Slurm for the integration tests, when this user can start one (root); in CI
@@ -43,6 +43,21 @@ browser-up:
 	         --no-install-recommends chromium; }; } >/dev/null || [ "$$CI" != true ]; \
 	elif [ "$$CI" = true ]; then \
 	  echo "CI=true but chromium cannot be installed (not root)" >&2; exit 1; \
+	fi
+
+# ip, nsenter, unshare and pgrep for the namespaced clusters of scripts/cluster-dev.sh
+# (tests/test_cluster.py), when this user can install them (root); in CI a failure fails the build.
+cluster-tools:
+	@missing=""; \
+	for t in ip:iproute2 nsenter:util-linux unshare:util-linux pgrep:procps; do \
+	  command -v "$${t%%:*}" >/dev/null || missing="$$missing $${t#*:}"; \
+	done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing \
+	    || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	         --no-install-recommends $$missing; }; } >/dev/null || [ "$$CI" != true ]; \
+	elif [ -n "$$missing" ] && [ "$$CI" = true ]; then \
+	  echo "CI=true but$$missing cannot be installed (not root)" >&2; exit 1; \
 	fi
 
 test-fast: $(STAMP)

@@ -60,12 +60,38 @@ def _device() -> str | None:
         return None
 
 
-def _node_ip(host: str) -> str | None:
-    """The address the host name resolves to (``/etc/hosts`` or DNS; no packet is sent)."""
+def _interface_ips() -> list[str]:
+    """IPv4 addresses of this network namespace's interfaces (Linux ``SIOCGIFADDR``; no packet
+    is sent), loopback last."""
     try:
-        return socket.gethostbyname(host)
+        import fcntl
+        import struct
+
+        names = [name for _, name in socket.if_nameindex()]
+    except (ImportError, OSError):
+        return []
+    found = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for name in names:
+            try:
+                packed = fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))
+            except OSError:
+                continue  # no IPv4 address on it
+            found.append(socket.inet_ntoa(packed[20:24]))
+    return sorted(found, key=lambda ip: ip.startswith("127."))
+
+
+def _node_ip(host: str) -> str | None:
+    """This node's address: the host name's when it resolves to a non-loopback one, else the
+    first non-loopback interface address (never a packet sent)."""
+    try:
+        resolved = socket.gethostbyname(host)
     except OSError:
-        return None
+        resolved = None
+    if resolved and not resolved.startswith("127."):
+        return resolved
+    ips = _interface_ips()
+    return ips[0] if ips else resolved
 
 
 def where_this_runs() -> dict[str, Any]:
