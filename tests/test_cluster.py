@@ -96,6 +96,34 @@ def test_a_sweep_from_the_login_node_runs_on_both_workers(ray_cluster, tmp_path:
         assert ips <= {"10.213.0.11", "10.213.0.12"} and len(ips) == 1, ips
 
 
+def test_a_node_that_cannot_see_the_run_root_is_refused(ray_cluster, tmp_path: Path) -> None:
+    """Node w2 gets a private mount over the run root (its own tmpfs): the probe it writes there
+    is invisible to the login node, so submit refuses, naming the node and the path."""
+    _, env, _ = ray_cluster
+    sweep = _sweep(tmp_path, "private", [0, 1], 20)
+    root = tmp_path / "runs"
+    root.mkdir()
+
+    def on_w2(*cmd: str) -> None:
+        done = subprocess.run(
+            [str(SCRIPT), "exec", "ray", "w2", "--", *cmd], capture_output=True, text=True, env=env
+        )
+        assert done.returncode == 0, done.stderr
+
+    on_w2("mount", "-t", "tmpfs", "tmpfs", str(root))
+    try:
+        proc = _on_login(ray_cluster, "submit", str(sweep), "--backend", "ray", "--follow")
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        on_w2("umount", str(root))
+    assert proc.returncode == 2, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in out, out[-3000:]
+    assert "node w2 (10.213.0.12) does not share the run root" in errors[0], errors[0]
+    assert str(root) in errors[0] and "nothing was submitted" in errors[0]
+    assert list(root.iterdir()) == []  # no store, no chain, no probe left behind
+
+
 def test_a_killed_worker_node_costs_an_attempt_not_a_result(ray_cluster, tmp_path: Path) -> None:
     """Runs last: it kills node w1 (the module's cluster keeps w2 only)."""
     sweep = _sweep(tmp_path, "kill", [0, 1], 150)

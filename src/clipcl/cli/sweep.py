@@ -147,13 +147,16 @@ def submit(
     sweep, root = the_plan.sweep, the_plan.root
     data_root = _data_root(sweep, data_root, sweep_file)
     preflight_data(sweep, data_root, refuse=True)
+    options = BackendOptions(jobs, ray_address, root, sweep, str(sweep_file), data_root)
+    check_root = getattr(backend_class(backend), "check_root", None)
+    if check_root is not None and the_plan.todo:
+        check_root(options)  # a cluster whose nodes cannot see the root: nothing is written
     with ResultsStore(root) as store:
         store.record_sweep(
             sweep.name, str(sweep_file.resolve()), sweep.model_dump(mode="json"), the_plan.records()
         )
         store.ingest_root(root)
     _say_corrupt(the_plan)
-    options = BackendOptions(jobs, ray_address, root, sweep, str(sweep_file), data_root)
     if backend_class(backend).outlives_submitter:
         _submit_to_scheduler(the_plan, backend, options, follow)
     else:

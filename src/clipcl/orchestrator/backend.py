@@ -123,6 +123,11 @@ class CoordinatedBackend:
     outlives_submitter = False
 
     @staticmethod
+    def check_root(options: Any) -> None:
+        """Before anything is recorded or submitted: refuse a run root the backend's workers
+        cannot share (``ClipclError``). Here: nothing to check (one machine)."""
+
+    @staticmethod
     def refresh(store: Any, root: Path, chain_ids: Any = None) -> dict[str, str]:
         """Nothing to ask: the coordinator records its jobs' states."""
         return {}

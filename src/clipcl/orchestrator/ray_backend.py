@@ -9,6 +9,7 @@ spec or a bug fails the job. This is the only module of clipcl that imports ray 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -213,6 +214,13 @@ class RayBackend(CoordinatedBackend):
             ray.init(**self._init_kwargs(address, ray_init_kwargs or {}))
             self.started_ray = True
 
+    @staticmethod
+    def check_root(options: BackendOptions) -> None:
+        """A cluster (``--ray-address``): every node must see the run root (a probe task per
+        node, :func:`check_shared_root`); a private local Ray needs no check."""
+        if options.ray_address and options.root is not None:
+            check_shared_root(options.ray_address, Path(options.root))
+
     @classmethod
     def from_options(cls, options: BackendOptions) -> RayBackend:
         """The backend for a submission: join ``options.ray_address`` or start a local Ray."""
@@ -273,3 +281,80 @@ class RayBackend(CoordinatedBackend):
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def _probe_task(probe_dir: str, token: str) -> dict[str, Any]:
+    """On one node: write ``<probe_dir>/<token>-<pid>.txt`` naming this node; say where."""
+    import socket
+
+    from clipcl.results.provenance import where_this_runs
+
+    where = where_this_runs()
+    path = Path(probe_dir) / f"{token}-{where['pid']}-{socket.gethostname()}.txt"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{where['host']}\n")
+    except OSError as exc:
+        return {**where, "path": str(path), "error": exc.strerror or str(exc)}
+    return {**where, "path": str(path), "error": None}
+
+
+def check_shared_root(address: str, root: Path, timeout_s: float = 120.0) -> int:
+    """Before a sweep goes to the Ray cluster at ``address``: one probe task on every alive node
+    writes a file into ``root``, and this process reads it back; return the number of nodes.
+
+    Raises:
+        ClipclError: A node could not write there, or wrote a file this process cannot see (the
+            run root is not on a filesystem the node shares), naming the node and the path;
+            nothing was submitted. The probe's files (and a root it created) are removed.
+    """
+    import uuid
+
+    from clipcl.errors import ClipclError
+
+    ray = _ray()
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, log_to_driver=False)
+    root = Path(root).resolve()
+    created = not root.exists()
+    probe_dir = root / ".clipcl-probe"
+    token = uuid.uuid4().hex[:12]
+    try:
+        probe_dir.mkdir(parents=True, exist_ok=True)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        remote = ray.remote(_probe_task)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        refs = [
+            remote.options(
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
+                max_retries=0,
+            ).remote(str(probe_dir), token)
+            for n in nodes
+        ]
+        answers = ray.get(refs, timeout=timeout_s)
+        for node, answer in zip(nodes, answers, strict=True):
+            name = f"{answer['host']} ({node.get('NodeManagerAddress')})"
+            if answer["error"] is not None:
+                raise ClipclError(
+                    f"node {name} cannot write the run root {root}: {answer['error']}; put "
+                    "the run root on a filesystem every node shares (nothing was submitted)"
+                )
+            if not Path(answer["path"]).is_file():
+                raise ClipclError(
+                    f"node {name} does not share the run root {root}: the file it wrote there "
+                    f"({answer['path']}) is not visible here; put the run root on a filesystem "
+                    "every node shares (nothing was submitted)"
+                )
+        return len(nodes)
+    finally:
+        for path in probe_dir.glob(f"{token}-*.txt"):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            probe_dir.rmdir()
+            if created:
+                root.rmdir()
+        if started:
+            ray.shutdown()
