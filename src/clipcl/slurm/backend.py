@@ -11,6 +11,7 @@ all of them, backing off while nothing changes.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
@@ -221,6 +222,44 @@ class SlurmBackend:
                 self.sweep.slurm, self.sweep.resources, self.job_name, self.source, self.runner
             )
         return self._partition
+
+    @classmethod
+    def check_root(cls, options: BackendOptions) -> None:
+        """Before anything is recorded: every usable node of the partition (other than this
+        machine) must see the run root — a probe job per node (:mod:`clipcl.slurm.probe`).
+
+        Raises:
+            ClipclError: A node does not share the root, or the cluster refused the request.
+        """
+        from clipcl.slurm.probe import check_shared_root
+
+        sweep = options.sweep
+        if options.root is None or sweep is None or sweep.slurm.check_root_s == 0:
+            return
+        backend = cls.from_options(options)
+        partition = backend.preflight()
+        found = check_shared_root(
+            Path(options.root),
+            partition,
+            timeout_s=sweep.slurm.check_root_s,
+            account=sweep.slurm.account,
+            qos=sweep.slurm.qos,
+            runner=backend.runner,
+        )
+        for node, why in sorted(found.unchecked.items()):
+            print(
+                f"warning: node {node} was not checked for the run root: {why}",
+                file=sys.stderr,
+                flush=True,
+            )
+        if found.shared:
+            print(
+                f"run root {Path(options.root).resolve()} is shared by "
+                f"{len(found.shared)} node(s) of partition {partition} "
+                f"({', '.join(found.shared)})",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def submit(self, jobs: Sequence[ChainJob]) -> list[JobHandle]:
         """Submit every chain of ``jobs``; one handle per chain, in order.

@@ -77,6 +77,12 @@ class SlurmSettings(StrictNumbers):
         10, ge=0, description="Requeues after time-outs before a chain is failed."
     )
     job_name: str | None = Field(None, description="Job name (default clipcl-<sweep name>).")
+    check_root_s: int = Field(
+        120,
+        ge=0,
+        description="Before submitting, a probe job on each node checks that it shares the run "
+        "root; probes not run within this many seconds are skipped (0: no check).",
+    )
     python: str | None = Field(
         None, description="Python on the compute nodes (default: the submitting interpreter)."
     )

@@ -136,8 +136,9 @@ class ChainTask(submitit.helpers.Checkpointable):
         self.signal_delay_s = signal_delay_s
 
     def __call__(self) -> dict[str, Any]:
+        from clipcl.results.records import Superseded
         from clipcl.workers.__main__ import StreamProgress, run_chain_dir
-        from clipcl.workers.stop import Preempted, StopRequest, stop_on_signals
+        from clipcl.workers.stop import EXIT_SUPERSEDED, Preempted, StopRequest, stop_on_signals
 
         stop = StopRequest()
         threads = int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
@@ -152,6 +153,12 @@ class ChainTask(submitit.helpers.Checkpointable):
                     until_task=self.until_task,
                     stop=stop,
                 )
+            except Superseded as exc:
+                # An orphan (its node went DOWN, Slurm requeued the job elsewhere): leave at
+                # once, without submitit's result file, which the newer attempt's job owns.
+                print(str(exc), file=sys.stderr, flush=True)
+                sys.stdout.flush()
+                os._exit(EXIT_SUPERSEDED)
             except Preempted as exc:
                 print(f"chain {exc}", file=sys.stderr, flush=True)
                 if requeue is None or exc.reason != "SIGUSR2":
