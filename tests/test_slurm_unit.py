@@ -391,3 +391,80 @@ def test_usr2_in_a_job_requests_a_stop_and_the_requeue_runs_submitits_handler(mo
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGUSR2, before)
         signal.signal(signal.SIGALRM, alarm)
+
+
+# ----- the run-root probe (clipcl.slurm.probe), Slurm's answers scripted -----
+def _probe_cluster(nodes: str, run_wrap: set[str], finish: bool = True):
+    """sinfo lists ``nodes``; sbatch runs the probe's shell command here for the nodes in
+    ``run_wrap`` (their probe files appear) and not for the others (a node whose files land
+    elsewhere); the jobs end at once when ``finish``, else stay pending."""
+    submitted: dict[str, str] = {}
+
+    def sbatch(args):
+        node = args[args.index("-w") + 1]
+        job = str(100 + len(submitted))
+        submitted[job] = node
+        if node in run_wrap:
+            subprocess.run(["sh", "-c", args[args.index("--wrap") + 1]], check=True)
+        return 0, job
+
+    def squeue(args):
+        state = "COMPLETED" if finish else "PENDING"
+        return 0, "\n".join(f"{j}|{state}" for j in submitted) if not finish else ""
+
+    run = Recorder(
+        {
+            "sinfo": (0, nodes),
+            "sbatch": sbatch,
+            "sacct": (1, "accounting storage is disabled"),
+            "squeue": squeue,
+            "scancel": (0, ""),
+        }
+    )
+    return run, submitted
+
+
+def test_the_probe_checks_every_usable_node_but_this_machine(tmp_path, monkeypatch):
+    from clipcl.slurm import probe
+
+    monkeypatch.setattr(probe.socket, "gethostname", lambda: "login.cluster")
+    nodes = "n1|idle\nn2|mixed\nn3|down*\nn4|idle~\nlogin|idle\nn1|idle"
+    run, submitted = _probe_cluster(nodes, {"n1", "n2"})
+    got = probe.check_shared_root(tmp_path / "runs", "debug", timeout_s=30, runner=run)
+    assert got.shared == ["n1", "n2"] and got.unchecked == {}
+    assert sorted(submitted.values()) == ["n1", "n2"]  # not down, powered off, or this host
+    sbatch = next(c for c in run.calls if c[0] == "sbatch")
+    assert {"--no-requeue", "-p", "debug", "--time=1"} <= set(sbatch)
+    assert not (tmp_path / "runs").exists()  # the probe cleans up the root it made
+
+
+def test_a_node_whose_probe_file_is_not_visible_is_refused(tmp_path, monkeypatch):
+    from clipcl.slurm import probe
+
+    monkeypatch.setattr(probe, "VISIBLE_WAIT_S", 0.5)
+    run, _ = _probe_cluster("n1|idle\nn2|idle", {"n1"})
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ClipclError) as info:
+        probe.check_shared_root(tmp_path / "runs", "debug", timeout_s=30, runner=run)
+    msg = str(info.value)
+    assert "node n2 does not share the run root" in msg and "probe job 101 ended" in msg
+    assert "check_root_s: 0" in msg and "nothing was submitted" in msg
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_probes_still_queued_at_the_timeout_are_cancelled_not_fatal(tmp_path):
+    from clipcl.slurm import probe
+
+    run, submitted = _probe_cluster("n1|idle\nn2|allocated", set(), finish=False)
+    got = probe.check_shared_root(
+        tmp_path / "runs", "debug", timeout_s=0, runner=run, sleep=lambda s: None
+    )
+    assert got.shared == [] and set(got.unchecked) == {"n1", "n2"}
+    assert "did not run within 0 s" in got.unchecked["n1"]
+    assert ["scancel", *sorted(submitted)] in run.calls
+
+
+def test_check_root_s_is_validated():
+    assert SlurmSettings().check_root_s == 120
+    with pytest.raises(ValueError):
+        SlurmSettings(check_root_s=-1)

@@ -278,6 +278,12 @@ def status(
     root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
     watch: float | None = typer.Option(None, "--watch", help="Refresh every N seconds."),
     limit: int = typer.Option(50, "--limit", min=0, help="Show at most this many chains."),
+    chains: bool = typer.Option(
+        False,
+        "--chains",
+        help="Also where each chain ran: every attempt (host, IP, pid, backend job) and the "
+        "attempt, host and device of each finished task.",
+    ),
 ) -> None:
     """Chains and their states: counts per state and a table of chains."""
     from clipcl.orchestrator.control import check_sweep_recorded, standing
@@ -317,6 +323,8 @@ def status(
                 r.hosts or "",
             )
         out.print(table)
+        if chains:
+            _print_where(root, now.rows[:limit])
         if len(now.rows) > limit:
             out.print(f"… {len(now.rows) - limit} more chains (--limit)")
         for chain_id, problem in now.corrupt_shown():
@@ -391,6 +399,22 @@ def logs(
         if len(files) > 1:
             print(f"==> {path} <==")
         print("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+
+
+def _print_where(root: Path, rows) -> None:
+    """``status --chains``: the provenance lines of each chain, from its records on disk."""
+    from clipcl.results.records import RunDir
+
+    for r in rows:
+        lines = where_it_ran(RunDir.of(root, r.chain_id))
+        out.print(
+            f"{r.chain_id} ({r.method} {r.benchmark} seed {r.seed}):"
+            + ("" if lines else " never ran"),
+            highlight=False,
+            soft_wrap=True,
+        )
+        for line in lines:
+            out.print(f"  {line}", highlight=False, soft_wrap=True)
 
 
 def where_it_ran(records) -> list[str]:

@@ -52,7 +52,8 @@ def usable_nodes(partition: str, runner: Runner = default_runner) -> list[str]:
     nodes: list[str] = []
     for line in out.splitlines():
         name, _, state = line.strip().partition("|")
-        if name and state.rstrip("*~#!%$@^-+").lower() in USABLE and name not in nodes:
+        # a flag (``idle*`` not responding, ``idle~`` powered off, ...) means not now
+        if name and state.strip().lower() in USABLE and name not in nodes:
             nodes.append(name)
     return nodes
 
