@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint bench clean slurm-up browser-up cluster-tools
+.PHONY: install demo test test-fast lint bench clean slurm-up browser-up cluster-tools netfs-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/clipcl results sweeps/demo.yaml
 	$(BIN)/clipcl report sweeps/demo.yaml
 
-test: $(STAMP) slurm-up browser-up cluster-tools
+test: $(STAMP) slurm-up browser-up cluster-tools netfs-tools
 	$(BIN)/python -m pytest
 
 # A real single-node Slurm for the integration tests, when this user can start one (root); in CI
@@ -58,6 +58,16 @@ cluster-tools:
 	         --no-install-recommends $$missing; }; } >/dev/null || [ "$$CI" != true ]; \
 	elif [ -n "$$missing" ] && [ "$$CI" = true ]; then \
 	  echo "CI=true but$$missing cannot be installed (not root)" >&2; exit 1; \
+	fi
+
+# openssh-server and sshfs for the network-filesystem test (tests/test_netfs.py mounts sshfs from
+# a loopback sshd with scripts/netfs-dev.sh), when this user can install them (root); in CI a
+# failure fails the build.
+netfs-tools:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  bash scripts/netfs-dev.sh install || [ "$$CI" != true ]; \
+	elif [ "$$CI" = true ] && ! command -v sshfs >/dev/null; then \
+	  echo "CI=true but sshfs cannot be installed (not root)" >&2; exit 1; \
 	fi
 
 test-fast: $(STAMP)

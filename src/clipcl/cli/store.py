@@ -1,4 +1,5 @@
-"""``clipcl store rebuild``: a new results store from the chains' durable records."""
+"""``clipcl store rebuild`` (a new results store from the chains' durable records) and
+``clipcl store where`` (which store a run root uses, and why)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def rebuild(
         [], "--sweep", help="A sweep file to record again (repeatable): names its chains."
     ),
 ) -> None:
-    """Rebuild ROOT/clipcl.sqlite from the chain records (the old file is kept beside it)."""
+    """Rebuild the root's store from the chain records (the old file is kept beside it)."""
     from clipcl.orchestrator.plan import load_entries, plan
     from clipcl.results.store import rebuild_store
 
@@ -38,9 +39,33 @@ def rebuild(
     if kept is not None:
         out.print(f"kept the old store as {kept}", highlight=False)
     out.print(
-        f"rebuilt {root / 'clipcl.sqlite'} from {chains} chains' records"
+        f"rebuilt {store.path} from {chains} chains' records"
         + (f" and {len(plans)} sweep files" if plans else ""),
         highlight=False,
     )
     for chain_id, why in sorted(corrupt.items()):
         out.print(f"  corrupt, left out: {chain_id}: {why}", highlight=False, soft_wrap=True)
+
+
+@store_app.command("where")
+def where(
+    target: str = typer.Argument(None, help="Sweep file, or a run root (default: ./runs)."),
+    root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
+) -> None:
+    """Print the store file a run root uses and why (in the root, or on local disk when the
+    root is on a network filesystem); creates nothing."""
+    from clipcl.orchestrator.control import run_root
+    from clipcl.results.location import locate
+
+    if target is not None and Path(target).suffix in {".yaml", ".yml"}:
+        root = run_root(target, root)
+    elif target is not None:
+        root = Path(target)
+    else:
+        root = run_root(None, root)
+    found = locate(root)
+    state = "exists" if found.path.is_file() else "not created yet"
+    out.print(str(found.path), highlight=False, soft_wrap=True)
+    out.print(
+        f"run root {root.resolve()}; {found.reason()}; {state}", highlight=False, soft_wrap=True
+    )

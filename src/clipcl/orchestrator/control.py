@@ -45,9 +45,9 @@ def run_root(target: str | None, root: Path | None) -> Path:
 
 
 def _need_store(root: Path) -> None:
-    from clipcl.results.store import DB_NAME
+    from clipcl.results.store import store_path
 
-    if not (root / DB_NAME).is_file():
+    if not store_path(root).is_file():
         raise ClipclError(f"no results store under {root} (submit a sweep first, or pass --root)")
 
 

@@ -142,10 +142,10 @@ class Plan:
         """The time the unfinished chains still need (``CostAhead``), estimated from the
         throughput finished tasks recorded in the run root's store (none: nothing measured)."""
         from clipcl.orchestrator.estimate import estimate, left_of, measured_from
-        from clipcl.results.store import DB_NAME, ResultsStore
+        from clipcl.results.store import ResultsStore, store_path
 
         measured: list[Any] = []
-        if (self.root / DB_NAME).is_file():
+        if store_path(self.root).is_file():
             with ResultsStore(self.root) as store:
                 measured = measured_from(store.measured_tasks())
         resources = self.sweep.resources
@@ -188,9 +188,9 @@ def load_entries(sweep_file: Path, root: Path | None = None) -> tuple[Any, list[
 
 def _remembered(root: Path) -> dict[str, Any]:
     """chain id → the store's row, if the root has a store (planning never creates one)."""
-    from clipcl.results.store import DB_NAME, ResultsStore
+    from clipcl.results.store import ResultsStore, store_path
 
-    if not (root / DB_NAME).is_file():
+    if not store_path(root).is_file():
         return {}
     with ResultsStore(root) as store:
         return {row.chain_id: row for row in store.chain_progress()}
@@ -210,9 +210,9 @@ def _chain_dirs(root: Path) -> set[str] | None:
 def _refresh_backends(root: Path) -> None:
     """Ask the schedulers the store names about its active chains (this writes the store)."""
     from clipcl.orchestrator.backends import refresh_store
-    from clipcl.results.store import DB_NAME, ResultsStore
+    from clipcl.results.store import ResultsStore, store_path
 
-    if (root / DB_NAME).is_file():
+    if store_path(root).is_file():
         with ResultsStore(root) as store:
             refresh_store(store, root)
 

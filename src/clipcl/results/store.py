@@ -1,4 +1,5 @@
-"""The results store: one SQLite database (WAL mode) per run root, ``<root>/clipcl.sqlite``.
+"""The results store: one SQLite database (WAL mode) per run root, ``<root>/clipcl.sqlite``
+(on local disk instead when the root is on a network filesystem: :mod:`clipcl.results.location`).
 
 This module owns :class:`ResultsStore`, the one object through which callers read and write
 that database: sweeps and their chains, chain states for the orchestrator, the scheduler jobs
@@ -9,12 +10,13 @@ ingestion of the chains' durable records in :mod:`clipcl.results.ingest`, the Da
 
 Several processes may open one store at once: writes are short ``BEGIN IMMEDIATE``
 transactions and a busy connection waits up to 30 s. SQLite's WAL mode needs a local file
-system (not NFS) for the root.
+system, which is why a root on NFS, Lustre, sshfs, ... gets its store on local disk.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from clipcl.errors import ClipclError, unknown_name
 from clipcl.results import ingest
 from clipcl.results.frames import eval_rows_frame, task_seconds_frame
+from clipcl.results.location import DIR_ENV, locate, prepare_local, store_path
 from clipcl.results.provenance import collect_provenance, config_hash
 from clipcl.results.rows import ChainDetail, ChainRecord, ChainRow, JobRow, SweepRow
 from clipcl.results.schema import (
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DB_NAME",
+    "store_path",
     "STATES",
     "ChainDetail",
     "ChainRecord",
@@ -102,7 +106,9 @@ class ResultsStore:
     """
 
     def __init__(self, root: Path) -> None:
-        """Open (creating the root and the schema if needed) ``<root>/clipcl.sqlite``.
+        """Open (creating the root and the schema if needed) the root's store:
+        ``<root>/clipcl.sqlite``, or a file on local disk when the root is on a network
+        filesystem (:mod:`clipcl.results.location`).
 
         Raises:
             ClipclError: If the root cannot be created or the file has a newer schema.
@@ -112,7 +118,18 @@ class ResultsStore:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ClipclError(f"cannot create the run root {self.root}: {exc}") from None
-        self.path = self.root / DB_NAME
+        self.location = locate(self.root)
+        self.path = self.location.path
+        if self.location.local:
+            try:
+                first = prepare_local(self.location)
+            except OSError as exc:
+                raise ClipclError(
+                    f"cannot create the local store of {self.root} at {self.path.parent}: "
+                    f"{exc} (set {DIR_ENV} to a writable local directory)"
+                ) from None
+            if first:
+                _adopt_store_in_root(self.root / DB_NAME, self.path)
         self._conn = connect(self.path)
         self.corrupt: dict[str, str] = {}  # chain id → why its records cannot be read
 
@@ -420,7 +437,7 @@ def rebuild_store(root: Path) -> tuple[Path | None, ResultsStore]:
         filled with :meth:`ResultsStore.ingest_root` and ``record_sweep``).
     """
     root = Path(root)
-    path = root / DB_NAME
+    path = store_path(root)
     kept: Path | None = None
     if path.exists():
         kept = path.with_name(f"{DB_NAME}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -430,3 +447,24 @@ def rebuild_store(root: Path) -> tuple[Path | None, ResultsStore]:
             if side.exists():
                 side.rename(kept.with_name(kept.name + suffix))
     return kept, ResultsStore(root)
+
+
+def _adopt_store_in_root(old: Path, new: Path) -> None:
+    """A root on a network filesystem whose store an older clipcl kept in the root: copy it
+    (SQLite's backup, consistent) to the local place once; the old file is left as it is."""
+    if new.exists() or not old.is_file():
+        return
+    partial = new.with_name(new.name + ".partial")
+    try:
+        src = sqlite3.connect(f"file:{old}?mode=ro", uri=True)
+        try:
+            dst = sqlite3.connect(partial)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+        os.replace(partial, new)
+    except (sqlite3.Error, OSError):
+        partial.unlink(missing_ok=True)  # unreadable: a new store is built from the records
