@@ -188,6 +188,13 @@ def special_resume_cases() -> dict[str, list[ResumeCase]]:
     ``test-cil``, which conftest registers after importing this module.)"""
     return {
         "dmnsp": [ResumeCase(tiny_spec("dmnsp", "test-cil", iterations=4), 2, 3)],
+        "finetune": [
+            default_resume_case("finetune"),
+            ResumeCase(
+                tiny_spec("finetune", iterations=3, train_mode="image-fc-fixed"),
+                label="image-fc-fixed",
+            ),
+        ],
         "gpm": [ResumeCase(gpm_chain_spec())],
         "icarl": [ResumeCase(icarl_chain_spec(), 2, 3)],
         "joint": [ResumeCase(tiny_spec("joint", "test-cil", iterations=3, batch_size=16))],

@@ -84,7 +84,7 @@ _CHAIN_DEFAULTS = {
     "--seed": "0",
 }
 
-_TRAIN_MODES = ("whole", "image", "text", "image-fc", "fc")
+_TRAIN_MODES = ("whole", "image", "text", "image-fc", "image-fc-fixed", "fc")
 
 CHAIN_CASES = {
     # --- the cases from the brief ---

@@ -110,6 +110,7 @@ EXPECTED_TRAINABLE = {
     "image": {"image"},
     "text": {"text"},
     "image-fc": {"image", "heads"},
+    "image-fc-fixed": {"image"},
     "fc": {"heads"},
 }
 
@@ -133,6 +134,12 @@ def test_train_modes_update_only_their_parameters(mode: str, smoke) -> None:
             if ref is None or not torch.equal(ref, p.detach()):
                 changed.add(tower)
     assert changed == EXPECTED_TRAINABLE[mode]
+    if "fc" in mode:  # the task's head exists (and is used); fixed: still its initialisation
+        with torch.no_grad():
+            init = model.class_embeddings(ctx.task.class_names, ctx.task.templates[:1])
+        head = model.head(ctx.task.name)
+        assert head is not None
+        assert torch.equal(head.detach(), init) is (mode == "image-fc-fixed")
 
 
 def test_warmup_then_cosine_schedule() -> None:

@@ -25,7 +25,7 @@ class MethodConfig(StrictNumbers):
     legacy_values: ClassVar[dict[str, Any]] = {}
 
 
-TrainMode = Literal["whole", "image", "text", "image-fc", "fc"]
+TrainMode = Literal["whole", "image", "text", "image-fc", "image-fc-fixed", "fc"]
 
 
 class FinetuneConfig(MethodConfig):

@@ -1,8 +1,9 @@
 """``finetune``: continual fine-tuning with cross-entropy only (the lower bound of MTIL tables).
 
 Train modes follow the ZSCL-derived framework: ``whole`` (both towers), ``image``, ``text``,
-``image-fc`` (image tower + a linear head per task initialised from its class embeddings) and
-``fc`` (the head alone: a linear probe). Label smoothing, AdamW and the warm-up + cosine schedule
+``image-fc`` (image tower + a linear head per task initialised from its class embeddings),
+``image-fc-fixed`` (the image tower learns against that head, which stays frozen at its
+initialisation) and ``fc`` (the head alone: a linear probe). Label smoothing, AdamW and the warm-up + cosine schedule
 are the worker's (``TrainConfig``).
 """
 
@@ -35,9 +36,10 @@ class Finetune(Method):
             "image": {"image"},
             "text": {"text"},
             "image-fc": {"image", "heads"},
+            "image-fc-fixed": {"image"},
             "fc": {"heads"},
         }[mode]
-        if "heads" in towers:
+        if mode in ("image-fc", "image-fc-fixed", "fc"):  # the task's head (frozen: fc-fixed)
             with torch.no_grad():
                 init = model.class_embeddings(ctx.task.class_names, ctx.task.templates[:1])
             model.add_head(ctx.task.name, init)  # (C, D)
