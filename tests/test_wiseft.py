@@ -100,5 +100,6 @@ def test_wise_ft_chain_differs_from_plain_finetuning(resume_runs, finetune_run) 
 def test_alpha_out_of_range_is_rejected() -> None:
     with pytest.raises(ValidationError, match="less than or equal to 1"):
         create_method("wise-ft", {"alpha": 1.5})
-    with pytest.raises(ValidationError, match="'whole', 'image', 'text', 'image-fc', 'image-fc-fixed' or 'fc'"):
+    modes = "'whole', 'image', 'text', 'image-fc', 'image-fc-fixed' or 'fc'"
+    with pytest.raises(ValidationError, match=modes):
         create_method("wise-ft", {"train_mode": "all"})

@@ -3,8 +3,8 @@
 Train modes follow the ZSCL-derived framework: ``whole`` (both towers), ``image``, ``text``,
 ``image-fc`` (image tower + a linear head per task initialised from its class embeddings),
 ``image-fc-fixed`` (the image tower learns against that head, which stays frozen at its
-initialisation) and ``fc`` (the head alone: a linear probe). Label smoothing, AdamW and the warm-up + cosine schedule
-are the worker's (``TrainConfig``).
+initialisation) and ``fc`` (the head alone: a linear probe). Label smoothing, AdamW and the
+warm-up + cosine schedule are the worker's (``TrainConfig``).
 """
 
 from __future__ import annotations
