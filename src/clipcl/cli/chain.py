@@ -232,3 +232,85 @@ def pretrain_tiny_cmd(
 
 
 # typer vendors click; its usage errors (missing option, bad int) share this base class.
+
+
+@app.command()
+def layers(
+    model: str = typer.Argument("tiny", help="open_clip architecture or 'tiny'."),
+    linear_only: bool = typer.Option(
+        False,
+        "--linear-only",
+        help="Only the linear layers, with the config names that select them.",
+    ),
+    params: bool = typer.Option(False, "--params", help="Every parameter with its shape."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """The layers of a CLIP (randomly initialised: shapes only, nothing is loaded): its modules,
+    its linear layers (``--linear-only``: the names ``lora.targets`` and ``gpm.layers`` take), or
+    its parameters (``--params``)."""
+    import torch
+
+    from clipcl.models import ModelConfig, build_model
+    from clipcl.models.layers import linear_layers, modules, parameters
+
+    if linear_only and params:
+        raise ClipclError("--linear-only and --params list different things: pass one")
+    clip = build_model(ModelConfig(arch=model, pretrained=None), torch.device("cpu")).clip
+    if params:
+        rows = parameters(clip)
+        total = sum(n for _, _, n in rows)
+        if as_json:
+            print(json.dumps({"parameters": [{"name": n, "shape": list(s)} for n, s, _ in rows]}))
+            return
+        t = Table(title=f"parameters of {model}: {len(rows)} tensors, {total:,} values")
+        for col in ("parameter", "shape", "values"):
+            t.add_column(col, justify="right" if col == "values" else "left")
+        for name, shape, n in rows:
+            t.add_row(name, " × ".join(map(str, shape)) or "scalar", f"{n:,}")
+        out.print(t)
+        return
+    if linear_only:
+        found = linear_layers(clip)
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "linear": [
+                            {
+                                "name": x.name,
+                                "shape": list(x.shape),
+                                "tower": x.tower,
+                                "block": x.block,
+                                "kind": x.kind,
+                                "named_by": x.named_by(),
+                            }
+                            for x in found
+                        ]
+                    }
+                )
+            )
+            return
+        t = Table(title=f"linear layers of {model}: {len(found)}")
+        for col in ("layer", "shape (out × in)", "tower", "block", "kind", "named by"):
+            t.add_column(col)
+        for x in found:
+            t.add_row(
+                x.name,
+                " × ".join(map(str, x.shape)),
+                x.tower or "-",
+                "-" if x.block is None else str(x.block),
+                x.kind or "-",
+                ", ".join(x.named_by()) or "-",
+            )
+        out.print(t)
+        return
+    listed = modules(clip)
+    if as_json:
+        print(json.dumps({"modules": [{"name": n, "type": k} for n, k in listed]}))
+        return
+    t = Table(title=f"modules of {model}: {len(listed)}")
+    t.add_column("module")
+    t.add_column("type")
+    for name, kind in listed:
+        t.add_row(name, kind)
+    out.print(t)
