@@ -253,7 +253,8 @@ def test_invalid_spec_fails_with_its_error_and_others_still_run(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_cancel_queued_and_running_jobs_leaves_a_resumable_chain(tmp_path: Path) -> None:
-    spec, other = smoke_spec(iterations=20), smoke_spec(seed=1)
+    # 60 steps a task: the stop must land before tasks 1 and 2 are done, even on a loaded machine
+    spec, other = smoke_spec(iterations=60), smoke_spec(seed=1)
     job = prepare_job(spec, tmp_path / "run")
     queued = prepare_job(other, tmp_path / "queued")
     records = RunDir(job.run_dir)

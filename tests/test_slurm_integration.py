@@ -399,9 +399,12 @@ def test_task_longer_than_the_time_limit_finishes_through_requeues(
     # meanwhile, the reference in this process (one thread, as a job's worker)
     reference = run_chain(spec, tmp_path / "direct", until_task=1).to_json()["matrix"]
 
-    def ended() -> bool:
+    def ended() -> bool:  # gone from the queue, and accounting has caught up (slurmdbd lags)
         queued = subprocess.run(["squeue", "-h", "-j", str(job.job_id)], capture_output=True)
-        return not queued.stdout.strip()
+        if queued.stdout.strip():
+            return False
+        last = sacct_rows(str(job.job_id))[-1:]
+        return bool(last) and last[0].split("|")[1] not in ("RUNNING", "PENDING", "REQUEUED")
 
     wait_for(ended, 1500, "the long task's job to end")
     history = sacct_rows(str(job.job_id))
