@@ -468,3 +468,20 @@ def test_check_root_s_is_validated():
     assert SlurmSettings().check_root_s == 120
     with pytest.raises(ValueError):
         SlurmSettings(check_root_s=-1)
+
+
+def test_a_refused_probe_cancels_the_probes_already_submitted(tmp_path):
+    from clipcl.slurm import probe
+
+    run, submitted = _probe_cluster("n1|idle\nn2|idle", set(), finish=False)
+    sbatch = run.outputs["sbatch"]
+
+    def refuse_second(args):
+        if submitted:
+            return 1, "sbatch: error: Invalid qos specification"
+        return sbatch(args)
+
+    run.outputs["sbatch"] = refuse_second
+    with pytest.raises(ClipclError, match="sbatch refused the run-root probe for node n2"):
+        probe.check_shared_root(tmp_path / "runs", "debug", timeout_s=30, runner=run)
+    assert ["scancel", *submitted] in run.calls  # n1's probe does not stay queued

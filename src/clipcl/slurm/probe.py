@@ -125,16 +125,18 @@ def check_shared_root(
             if all(p.state in ENDED for p in probes) or time.monotonic() >= deadline:
                 break
             sleep(1.0)
-        late = [p for p in probes if p.state not in ENDED]
-        if late:
-            with contextlib.suppress(Exception):
-                scancel([p.job_id for p in late], runner)
-            for p in late:
+        for p in probes:
+            if p.state not in ENDED:
                 result.unchecked[p.node] = (
                     f"its probe job {p.job_id} did not run within {timeout_s:g} s"
                 )
         return result
     finally:
+        # probes not known to have ended (too late, or the check stopped at an error) go
+        late = [p.job_id for p in probes if p.job_id and p.state not in ENDED]
+        if late:
+            with contextlib.suppress(Exception):
+                scancel(late, runner)
         for p in probes:
             p.path.unlink(missing_ok=True)
             p.path.with_name(p.path.name + ".tmp").unlink(missing_ok=True)
