@@ -135,3 +135,19 @@ def test_an_unwritable_local_store_dir_is_one_error(tmp_path, monkeypatch):
     errors = [line for line in got.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "CLIPCL_STORE_DIR" in errors[0], got.stderr
     assert "Traceback" not in got.stderr
+
+
+def test_a_damaged_local_store_names_the_run_root_to_rebuild(tmp_path, monkeypatch):
+    from clipcl.results.schema import StoreDamaged
+
+    monkeypatch.setenv("CLIPCL_STORE_DIR", str(tmp_path / "stores"))
+    monkeypatch.setenv("CLIPCL_STORE_PLACE", "local")
+    root = tmp_path / "runs"
+    with ResultsStore(root) as store:
+        path = store.path
+    path.write_bytes(b"not a database" * 100)
+    for side in ("-wal", "-shm"):
+        path.with_name(path.name + side).unlink(missing_ok=True)
+    with pytest.raises(StoreDamaged) as info:
+        ResultsStore(root)
+    assert f"clipcl store rebuild --root {root}`" in str(info.value)

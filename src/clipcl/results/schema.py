@@ -119,9 +119,13 @@ def store_error(path: Path, exc: sqlite3.Error) -> ClipclError:
         return ClipclError(
             f"cannot write the results store {path} ({text}): the run root must be writable"
         )
+    root = path.parent
+    named = root / "root"  # a store kept on local disk names its run root (results/location.py)
+    if named.is_file():
+        root = Path(named.read_text().strip())
     return StoreDamaged(
         f"{path} is damaged ({text}); it holds nothing the chain records do not: "
-        f"`clipcl store rebuild --root {path.parent}` rebuilds it from them (add `--sweep "
+        f"`clipcl store rebuild --root {root}` rebuilds it from them (add `--sweep "
         "FILE` for each sweep to name its chains again; the damaged file is kept beside it)"
     )
 
