@@ -9,7 +9,6 @@ files). The functions here work on a store's connection; :class:`ResultsStore` c
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from clipcl.errors import ClipclError
 from clipcl.results.records import ZEROSHOT, EvalRow, RunDir, TaskRecord
 from clipcl.results.rows import ChainRecord
-from clipcl.results.schema import TASK_RECORD_COLUMNS, upsert_chain, write
+from clipcl.results.schema import TASK_RECORD_COLUMNS, Conn, upsert_chain, write
 
 __all__ = ["ingest_chain", "ingest_root", "signature"]
 
@@ -34,7 +33,7 @@ def signature(records: RunDir) -> str:
     return "|".join(parts)
 
 
-def ingest_chain(conn: sqlite3.Connection, chain_id: str, run_dir: Path) -> int:
+def ingest_chain(conn: Conn, chain_id: str, run_dir: Path) -> int:
     """Upsert a chain's finished eval rows and tasks from its run directory.
 
     Rows of tasks no longer finished (a recomputed task) are removed, so the store always
@@ -87,15 +86,16 @@ def ingest_chain(conn: sqlite3.Connection, chain_id: str, run_dir: Path) -> int:
             )
         # every worker start is an attempt (Ray retries and Slurm requeues included)
         c.execute(
-            "UPDATE chains SET ingest_sig = ?, attempts = MAX(attempts, ?) WHERE chain_id = ?",
-            (sig, records.newest_attempt(), chain_id),
+            "UPDATE chains SET ingest_sig = ?, attempts = CASE WHEN attempts > ? THEN attempts "
+            "ELSE ? END WHERE chain_id = ?",
+            (sig, records.newest_attempt(), records.newest_attempt(), chain_id),
         )
         query = "SELECT COUNT(*) FROM eval_rows WHERE chain_id = ?"
         return int(c.execute(query, (chain_id,)).fetchone()[0])
 
 
 def _put_rows(
-    c: sqlite3.Connection,
+    c: Conn,
     chain_id: str,
     completed: Mapping[int, TaskRecord],
     rows: list[EvalRow],
@@ -105,9 +105,12 @@ def _put_rows(
     names = {r.eval_task: r.eval_name for r in rows}
     names.update({r.trained_task: r.trained_name for r in rows})
     extra = [name for name, _ in TASK_RECORD_COLUMNS]
+    updated = ("name", "finished_at", "seconds", *extra)
+    updates = ", ".join(f"{col} = excluded.{col}" for col in updated)
     c.executemany(
-        "INSERT OR REPLACE INTO tasks (chain_id, task_index, name, finished_at, seconds, "
-        f"{', '.join(extra)}) VALUES ({', '.join('?' * (5 + len(extra)))})",
+        "INSERT INTO tasks (chain_id, task_index, name, finished_at, seconds, "
+        f"{', '.join(extra)}) VALUES ({', '.join('?' * (5 + len(extra)))}) "
+        f"ON CONFLICT (chain_id, task_index) DO UPDATE SET {updates}",
         [
             (chain_id, k, names.get(k), v.finished_at, v.seconds)
             + tuple(getattr(v, name) for name in extra)
@@ -115,25 +118,37 @@ def _put_rows(
         ],
     )
     c.executemany(
-        "INSERT OR REPLACE INTO eval_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO eval_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (chain_id, trained_task, eval_task) DO UPDATE SET "
+        "trained_name = excluded.trained_name, eval_name = excluded.eval_name, "
+        "correct = excluded.correct, total = excluded.total, top1 = excluded.top1",
         [
             (chain_id, r.trained_task, r.eval_task, r.trained_name, r.eval_name)
             + (r.correct, r.total, r.top1 if r.total else None)
             for r in rows
         ],
     )
-    stale = "chain_id = ? AND {} NOT IN (SELECT value FROM json_each(?))"
-    keep = (chain_id, json.dumps(sorted(completed)))
-    c.execute("DELETE FROM tasks WHERE " + stale.format("task_index"), keep)
-    keep = (chain_id, json.dumps(sorted(done)))
-    c.execute("DELETE FROM eval_rows WHERE " + stale.format("trained_task"), keep)
+    # rows of tasks no longer finished leave (plain statements: the same SQL on PostgreSQL)
+    have = c.execute("SELECT task_index FROM tasks WHERE chain_id = ?", (chain_id,)).fetchall()
+    gone = [(chain_id, k) for (k,) in have if k not in completed]
+    c.executemany("DELETE FROM tasks WHERE chain_id = ? AND task_index = ?", gone)
+    query = "SELECT DISTINCT trained_task FROM eval_rows WHERE chain_id = ?"
+    gone = [(chain_id, k) for (k,) in c.execute(query, (chain_id,)).fetchall() if k not in done]
+    c.executemany("DELETE FROM eval_rows WHERE chain_id = ? AND trained_task = ?", gone)
+    stored = c.execute("SELECT task_names_json FROM chains WHERE chain_id = ?", (chain_id,))
+    merged = json.loads((stored.fetchone() or ("{}",))[0] or "{}")
+    for k, v in sorted(names.items()):  # a JSON merge patch: a null name removes the key
+        if v is None:
+            merged.pop(str(k), None)
+        else:
+            merged[str(k)] = v
     c.execute(
-        "UPDATE chains SET task_names_json = json_patch(task_names_json, ?) WHERE chain_id = ?",
-        (json.dumps({str(k): v for k, v in sorted(names.items())}), chain_id),
+        "UPDATE chains SET task_names_json = ? WHERE chain_id = ?",
+        (json.dumps(merged, separators=(",", ":")), chain_id),
     )
 
 
-def ingest_root(conn: sqlite3.Connection, root: Path, corrupt: dict[str, str] | None = None) -> int:
+def ingest_root(conn: Conn, root: Path, corrupt: dict[str, str] | None = None) -> int:
     """Ingest every chain directory with a ``spec.json`` under ``<root>/chains/``.
 
     Chains whose records did not change since their last ingestion are skipped. With
