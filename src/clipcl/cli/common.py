@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 from typing import Any
@@ -42,8 +43,19 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    store: str | None = typer.Option(
+        None,
+        "--store",
+        metavar="URL",
+        help="Results store for this command: a PostgreSQL URL (postgresql://USER@HOST/DB); "
+        "replaces a sweep file's store: and sets $CLIPCL_STORE (default: the root's own).",
+    ),
 ) -> None:
     """clipcl: continual learning of CLIP models."""
+    if store is not None:
+        from clipcl.results.pg import URL_ENV, check_url
+
+        os.environ[URL_ENV] = check_url(store, "--store")
 
 
 def _fmt(v: Any) -> str:
@@ -127,6 +139,12 @@ def main() -> None:
                 "rebuilds it from the chain records"
             )
         )
+    except Exception as exc:  # a PostgreSQL store's driver failing past its opening
+        if type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        from clipcl.results.pg import error_text
+
+        _fail(escape(f"the results store failed: {error_text(exc)}"))
     except KeyboardInterrupt:
         err.print("interrupted; finished tasks are kept and a re-run resumes")
         sys.exit(130)

@@ -9,10 +9,11 @@ so submitting again never runs a chain twice; it dispatches only what is not fin
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import typer
 from rich.table import Table
@@ -336,7 +337,7 @@ def status(
 
 @app.command()
 def results(
-    sweep: str = typer.Argument(..., help="Sweep file or name."),
+    sweep: str | None = typer.Argument(None, help="Sweep file or name (with --all: optional)."),
     root: Path | None = typer.Option(None, "--root", help="Run root (default: the sweep's)."),
     fmt: str = typer.Option("table", "--format", help="table, md, latex, csv or json."),
     per_dataset: bool = typer.Option(False, "--per-dataset", help="Per-dataset columns (MTIL)."),
@@ -347,26 +348,62 @@ def results(
         help="CIL: also a Forgetting (Chaudhry et al. 2018) column; Forgetting is the seeds' "
         "convention (csv/json hold both).",
     ),
+    every: bool = typer.Option(
+        False,
+        "--all",
+        help="Every sweep (a sweep column first): of the run root, or, with a PostgreSQL store "
+        "(--store / $CLIPCL_STORE) and no --root, of every root it holds (and a root column).",
+    ),
 ) -> None:
     """The paper table: one row per (method, benchmark, settings), mean ± std over seeds."""
     from clipcl.results import load_results
     from clipcl.results.tables import matrix_table, render, summarize
 
-    root = _root_for(sweep, root)
-    name, _ = _sweep_name(sweep)
-    df = load_results(root, sweep=name)
+    by: tuple[str, ...] = ()
+    if every:
+        df, where = _every_sweep(sweep, root)
+        name = None
+        by = ("root",) if "root" in df.columns and df["root"].nunique() > 1 else ()
+        by += ("sweep",)
+    elif sweep is None:
+        raise ClipclError("results needs a sweep file or name (or --all for every sweep)")
+    else:
+        root = _root_for(sweep, root)
+        name, _ = _sweep_name(sweep)
+        df = load_results(root, sweep=name)
+        where = f"sweep '{name}' under {root}"
     if df.empty:
-        raise ClipclError(f"no evaluation rows for sweep '{name}' under {root}")
+        raise ClipclError(f"no evaluation rows for {where}")
     if matrix is not None:
         print(matrix_table(df, matrix))
         return
-    table = summarize(df, per_dataset=per_dataset)
+    table = summarize(df, per_dataset=per_dataset, by=by)
     if table.empty:
         raise ClipclError(
-            f"no finished chain in sweep '{name}' under {root} yet ({df['chain_id'].nunique()} "
+            f"no finished chain in {where} yet ({df['chain_id'].nunique()} "
             "chains have rows; `clipcl status` shows how far each is)"
         )
     print(render(table, fmt, chaudhry=chaudhry))
+
+
+def _every_sweep(sweep: str | None, root: Path | None) -> tuple[Any, str]:
+    """``results --all``: the rows and what they are of (for messages)."""
+    from clipcl.results import load_results
+    from clipcl.results.pg import URL_ENV
+
+    name, path = _sweep_name(sweep) if sweep is not None else (None, None)
+    url = os.environ.get(URL_ENV)
+    if not url and path is not None:
+        from clipcl.sweeps import load_sweep
+
+        url = load_sweep(path).store
+    if url and root is None:
+        from clipcl.results.pg import redact
+
+        of = f"sweep '{name}'" if name else "any sweep"
+        return load_results(store=url, sweep=name), f"{of} in the store {redact(url)}"
+    root = _root_for(sweep, root)
+    return load_results(root, sweep=name), f"any sweep under {root}"
 
 
 @app.command()

@@ -35,19 +35,21 @@ def sweep_target(target: str | None) -> tuple[str | None, Path | None]:
 def run_root(target: str | None, root: Path | None) -> Path:
     """The run root of a command: ``--root``, else the sweep file's, else ``./runs``."""
     _, path = sweep_target(target)
-    if root is not None:
-        return root
     if path is not None:
+        from clipcl.orchestrator.plan import use_sweep_store
         from clipcl.sweeps import load_sweep
 
-        return load_sweep(path).run_root(path)
-    return Path("runs")
+        sweep = load_sweep(path)
+        root = root if root is not None else sweep.run_root(path)
+        use_sweep_store(sweep, path, root)
+        return root
+    return root if root is not None else Path("runs")
 
 
 def _need_store(root: Path) -> None:
-    from clipcl.results.store import store_path
+    from clipcl.results.store import store_exists
 
-    if not store_path(root).is_file():
+    if not store_exists(root):
         raise ClipclError(f"no results store under {root} (submit a sweep first, or pass --root)")
 
 

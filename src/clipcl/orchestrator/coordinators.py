@@ -198,9 +198,16 @@ def start_detached(handoff: Handoff) -> tuple[int, Path]:
     atomic_write_json(path, asdict(handoff))
     log = root / LOG_NAME
     cmd = [sys.executable, "-m", "clipcl.orchestrator.coordinators", "--handoff", str(path)]
+    from clipcl.results import pg
+
+    env = dict(os.environ)
+    url = pg.store_url(root)  # a sweep file's store: (with its password) reaches the child
+    if url is not None:
+        env[pg.URL_ENV] = url
     with open(log, "ab") as fh:
         proc = subprocess.Popen(
             cmd,
+            env=env,
             stdout=fh,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

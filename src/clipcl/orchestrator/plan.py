@@ -142,10 +142,10 @@ class Plan:
         """The time the unfinished chains still need (``CostAhead``), estimated from the
         throughput finished tasks recorded in the run root's store (none: nothing measured)."""
         from clipcl.orchestrator.estimate import estimate, left_of, measured_from
-        from clipcl.results.store import ResultsStore, store_path
+        from clipcl.results.store import ResultsStore, store_exists
 
         measured: list[Any] = []
-        if store_path(self.root).is_file():
+        if store_exists(self.root):
             with ResultsStore(self.root) as store:
                 measured = measured_from(store.measured_tasks())
         resources = self.sweep.resources
@@ -183,14 +183,24 @@ def load_entries(sweep_file: Path, root: Path | None = None) -> tuple[Any, list[
 
     sweep = load_sweep(sweep_file)
     entries = expand(sweep, str(sweep_file))
-    return sweep, entries, (Path(root) if root is not None else sweep.run_root(sweep_file))
+    root = Path(root) if root is not None else sweep.run_root(sweep_file)
+    use_sweep_store(sweep, sweep_file, root)
+    return sweep, entries, root
+
+
+def use_sweep_store(sweep: Any, sweep_file: Path | str, root: Path) -> None:
+    """A sweep file's ``store:`` (a PostgreSQL URL) is the store of ``root`` in this process."""
+    from clipcl.results import pg
+
+    if sweep.store is not None:
+        pg.remember(root, pg.check_url(sweep.store, f"{sweep_file}: store"))
 
 
 def _remembered(root: Path) -> dict[str, Any]:
     """chain id → the store's row, if the root has a store (planning never creates one)."""
-    from clipcl.results.store import ResultsStore, store_path
+    from clipcl.results.store import ResultsStore, store_exists
 
-    if not store_path(root).is_file():
+    if not store_exists(root):
         return {}
     with ResultsStore(root) as store:
         return {row.chain_id: row for row in store.chain_progress()}
@@ -210,9 +220,9 @@ def _chain_dirs(root: Path) -> set[str] | None:
 def _refresh_backends(root: Path) -> None:
     """Ask the schedulers the store names about its active chains (this writes the store)."""
     from clipcl.orchestrator.backends import refresh_store
-    from clipcl.results.store import ResultsStore, store_path
+    from clipcl.results.store import ResultsStore, store_exists
 
-    if store_path(root).is_file():
+    if store_exists(root):
         with ResultsStore(root) as store:
             refresh_store(store, root)
 

@@ -16,27 +16,42 @@ if TYPE_CHECKING:
 __all__ = ["load_results"]
 
 
-def load_results(root: str | Path, sweep: str | None = None) -> pd.DataFrame:
-    """All evaluation rows under a run root as one DataFrame.
+def load_results(
+    root: str | Path | None = None, sweep: str | None = None, store: str | None = None
+) -> pd.DataFrame:
+    """Evaluation rows as one DataFrame: of one run root, or of every root a PostgreSQL store
+    holds.
 
-    Opens ``<root>/clipcl.sqlite``, ingests chain records that workers wrote since the last
-    ingestion, and returns :meth:`~clipcl.results.store.ResultsStore.eval_rows_frame`.
+    With ``root``, opens the root's store (its SQLite file, or the PostgreSQL store it uses;
+    ``store`` names one), ingests chain records that workers wrote since the last ingestion,
+    and returns :meth:`~clipcl.results.store.ResultsStore.eval_rows_frame`. With ``store``
+    and no ``root``, every root of that PostgreSQL store (:func:`clipcl.results.pg.roots`)
+    is read, a ``root`` column first: roots whose directory is on this machine are ingested
+    first, the others are read as the store has them.
 
     Args:
-        root: The run root (holding ``chains/`` and ``clipcl.sqlite``).
+        root: The run root (holding ``chains/``).
         sweep: Only the chains of this sweep.
+        store: A PostgreSQL store URL (``postgresql://USER@HOST[:PORT]/DB``).
 
     Returns:
         One row per (chain, trained task, eval task); see ``eval_rows_frame`` for the columns.
 
     Raises:
-        ClipclError: If the root does not exist or the sweep is unknown.
+        ClipclError: If the root does not exist, the store cannot be opened, or the sweep is
+            unknown (across roots: in every root).
     """
     from clipcl.results.store import ResultsStore
 
+    if root is None:
+        if store is None:
+            raise ClipclError("load_results needs a run root, or store= a PostgreSQL URL")
+        from clipcl.results.store import all_rows_frame
+
+        return all_rows_frame(store, sweep)
     root = Path(root)
     if not root.is_dir():
         raise ClipclError(f"no run root at {root} (expected a directory holding chains/)")
-    with ResultsStore(root) as store:
-        store.ingest_root()
-        return store.eval_rows_frame(sweep)
+    with ResultsStore(root, store) as the_store:
+        the_store.ingest_root()
+        return the_store.eval_rows_frame(sweep)

@@ -8,11 +8,10 @@ first use, so importing the store stays light.
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clipcl.results.schema import TASK_RECORD_COLUMNS, sweep_filter
+from clipcl.results.schema import TASK_RECORD_COLUMNS, Conn, concat, sweep_filter
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,7 +41,7 @@ def _flat_settings(text: str) -> dict[str, Any]:
 
 
 def _chains_frame(
-    conn: sqlite3.Connection, path: Path, sweep: str | None
+    conn: Conn, path: Path | str, sweep: str | None
 ) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """The chain columns of :func:`eval_rows_frame` (a row per chain, by id), task names."""
     import pandas as pd
@@ -66,7 +65,7 @@ def _chains_frame(
 
 
 def _row_arrays(
-    conn: sqlite3.Connection, path: Path, sweep: str | None
+    conn: Conn, path: Path | str, sweep: str | None
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Chain ids (sorted), rows per chain and the rows as int64 (n, 4): trained_task,
     eval_task, correct, total, chain after chain.
@@ -78,7 +77,7 @@ def _row_arrays(
 
     where, params = sweep_filter(conn, path, sweep, alias="e", check=False)
     got = conn.execute(
-        f"SELECT chain_id, COUNT(*), group_concat(CASE WHEN {_FITS} THEN {_PACK} END, ' ') "
+        f"SELECT chain_id, COUNT(*), {concat(conn, f'CASE WHEN {_FITS} THEN {_PACK} END', ' ')} "
         f"FROM eval_rows e {where} GROUP BY chain_id ORDER BY chain_id",
         params,
     ).fetchall()
@@ -97,7 +96,7 @@ def _row_arrays(
     return ids, counts, np.array([r[1:] for r in rows], dtype=np.int64).reshape(-1, 4)
 
 
-def eval_rows_frame(conn: sqlite3.Connection, path: Path, sweep: str | None = None) -> pd.DataFrame:
+def eval_rows_frame(conn: Conn, path: Path | str, sweep: str | None = None) -> pd.DataFrame:
     """Every stored eval row joined with its chain's description.
 
     Columns: chain_id, sweep (None for chains of no sweep; the first sweep by name when
@@ -138,9 +137,7 @@ def eval_rows_frame(conn: sqlite3.Connection, path: Path, sweep: str | None = No
     return frame
 
 
-def task_seconds_frame(
-    conn: sqlite3.Connection, path: Path, sweep: str | None = None
-) -> pd.DataFrame:
+def task_seconds_frame(conn: Conn, path: Path | str, sweep: str | None = None) -> pd.DataFrame:
     """The finished tasks' wall times and throughput: columns chain_id, task_index, seconds,
     device, steps, samples, train_seconds, eval_seconds, eval_samples (None where the records
     had none), sorted by chain and task.

@@ -233,9 +233,9 @@ def _check_output(out_dir: Path) -> None:
 def _load(
     root: Path, sweep: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[Any], dict[str, Any], dict[str, Any]]:
-    from clipcl.results.store import ResultsStore, store_path
+    from clipcl.results.store import ResultsStore, store_exists
 
-    if not store_path(root).is_file():
+    if not store_exists(root):
         raise ClipclError(f"no results store under {root} (submit a sweep first, or pass --root)")
     with ResultsStore(root) as store:
         store.check_sweep(sweep)

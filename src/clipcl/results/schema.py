@@ -13,12 +13,27 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 from clipcl.errors import ClipclError, unknown_name
 from clipcl.results.provenance import config_hash
 from clipcl.results.rows import ChainRecord
 
-__all__ = ["BUSY_TIMEOUT_S", "DB_NAME", "SCHEMA_VERSION", "STATES", "connect", "write"]
+if TYPE_CHECKING:
+    from clipcl.results.pg import PgConnection
+
+#: A store connection: SQLite's, or a PostgreSQL one taking the same statements.
+Conn: TypeAlias = "sqlite3.Connection | PgConnection"
+
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "DB_NAME",
+    "SCHEMA_VERSION",
+    "SCHEMA_SQL",
+    "STATES",
+    "connect",
+    "write",
+]
 
 DB_NAME = "clipcl.sqlite"
 STATES = ("new", "queued", "running", "done", "failed", "cancelled")
@@ -40,7 +55,7 @@ TASK_RECORD_COLUMNS = (
     ("job_id", "TEXT"),
     ("started_at", "REAL"),
 )
-_SCHEMA = f"""
+SCHEMA_SQL = f"""
 CREATE TABLE IF NOT EXISTS sweeps (
     name TEXT PRIMARY KEY, source TEXT, config_json TEXT NOT NULL DEFAULT '{{}}',
     created REAL NOT NULL, updated REAL NOT NULL);
@@ -130,7 +145,7 @@ def store_error(path: Path, exc: sqlite3.Error) -> ClipclError:
     )
 
 
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+def _migrate(conn: Conn, path: Path) -> None:
     """Create the schema, or bring an older one up to :data:`SCHEMA_VERSION`.
 
     Every statement is ``IF NOT EXISTS``: version 1 files gain the jobs table; the tasks
@@ -150,13 +165,18 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                 for column, kind in TASK_RECORD_COLUMNS:
                     if column not in have:
                         c.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
-            for statement in _SCHEMA.split(";"):
+            for statement in SCHEMA_SQL.split(";"):
                 c.execute(statement)
 
 
 @contextmanager
-def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A write transaction that takes the write lock up front (no upgrade deadlocks)."""
+def write(conn: Conn) -> Iterator[Conn]:
+    """A write transaction that takes the write lock up front (no upgrade deadlocks); on a
+    PostgreSQL store, the root's advisory lock (:meth:`clipcl.results.pg.PgConnection.write`)."""
+    if getattr(conn, "dialect", "sqlite") == "postgresql":
+        with conn.write() as c:  # type: ignore[union-attr]
+            yield c
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
@@ -166,7 +186,17 @@ def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-def upsert_chain(c: sqlite3.Connection, rec: ChainRecord, *, replace: bool) -> None:
+def concat(conn: object, expr: str, sep: str = ",", distinct: bool = False) -> str:
+    """SQL concatenating ``expr`` over a group with ``sep`` (SQLite's ``group_concat``,
+    PostgreSQL's ``string_agg``); SQLite takes no separator with DISTINCT (it uses ',')."""
+    if getattr(conn, "dialect", "sqlite") == "postgresql":
+        return f"string_agg({'DISTINCT ' if distinct else ''}({expr})::text, '{sep}')"
+    if distinct:
+        return f"group_concat(DISTINCT {expr})"
+    return f"group_concat({expr}, '{sep}')"
+
+
+def upsert_chain(c: Conn, rec: ChainRecord, *, replace: bool) -> None:
     """Insert a chain's description; a known chain is refreshed (``replace``) or left alone.
 
     State, attempts, job and timestamps of a known chain are never touched.
@@ -198,13 +228,13 @@ def upsert_chain(c: sqlite3.Connection, rec: ChainRecord, *, replace: bool) -> N
 
 
 def sweep_filter(
-    conn: sqlite3.Connection, path: Path, sweep: str | None, alias: str = "c", check: bool = True
+    conn: Conn, path: Path | str, sweep: str | None, alias: str = "c", check: bool = True
 ) -> tuple[str, tuple[str, ...]]:
     """A ``WHERE`` clause (and its parameters) keeping the chains of ``sweep`` (all if None).
 
     Args:
         conn: The store's connection.
-        path: The database file (named in errors).
+        path: The database file or store URL (named in errors).
         sweep: The sweep's name, or None for every chain.
         alias: The alias of the queried table that has a ``chain_id`` column.
         check: Whether an unknown sweep raises (else it simply has no chains).

@@ -26,15 +26,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipcl.errors import ClipclError, unknown_name
-from clipcl.results import ingest
+from clipcl.results import ingest, pg
 from clipcl.results.frames import eval_rows_frame, task_seconds_frame
 from clipcl.results.location import DIR_ENV, locate, prepare_local, store_path
 from clipcl.results.provenance import collect_provenance, config_hash
 from clipcl.results.rows import ChainDetail, ChainRecord, ChainRow, JobRow, SweepRow
 from clipcl.results.schema import (
     DB_NAME,
+    SCHEMA_SQL,
+    SCHEMA_VERSION,
     STATES,
     TASK_RECORD_COLUMNS,
+    Conn,
+    concat,
     connect,
     sweep_filter,
     upsert_chain,
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DB_NAME",
+    "store_exists",
     "store_path",
     "STATES",
     "ChainDetail",
@@ -73,11 +78,16 @@ _PROGRESS = (
 _DETAIL = (
     "c.protocol, c.spec_json, c.config_hash, c.task_names_json, c.submitted, c.started, c.finished"
 )
-_TASKS_DONE = (
-    "LEFT JOIN (SELECT chain_id, COUNT(*) AS n, GROUP_CONCAT(DISTINCT host) AS hosts "
-    "FROM tasks GROUP BY chain_id) t "
-    "ON t.chain_id = c.chain_id"
-)
+
+
+def _tasks_done(conn: object) -> str:
+    """The join counting each chain's finished tasks (and the hosts they ran on)."""
+    return (
+        f"LEFT JOIN (SELECT chain_id, COUNT(*) AS n, {concat(conn, 'host', distinct=True)} "
+        "AS hosts FROM tasks GROUP BY chain_id) t ON t.chain_id = c.chain_id"
+    )
+
+
 _ROW_FIELDS = tuple(f.name for f in fields(ChainRow))  # the order of _PROGRESS
 _JOB_FIELDS = tuple(f.name for f in fields(JobRow))
 _JOB_COLUMNS = ", ".join(_JOB_FIELDS)
@@ -105,15 +115,45 @@ class ResultsStore:
     processes at once.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, store: str | None = None) -> None:
         """Open (creating the root and the schema if needed) the root's store:
-        ``<root>/clipcl.sqlite``, or a file on local disk when the root is on a network
-        filesystem (:mod:`clipcl.results.location`).
+        ``<root>/clipcl.sqlite``, a file on local disk when the root is on a network
+        filesystem (:mod:`clipcl.results.location`), or the root's schema in a PostgreSQL
+        store (:mod:`clipcl.results.pg`).
+
+        Args:
+            root: The run root.
+            store: A PostgreSQL URL, ``"sqlite"`` for the root's SQLite store whatever the
+                root or ``$CLIPCL_STORE`` name, or None: :func:`clipcl.results.pg.store_url`.
 
         Raises:
-            ClipclError: If the root cannot be created or the file has a newer schema.
+            ClipclError: If the root cannot be created, the store cannot be opened, or it
+                has a newer schema.
         """
         self.root = Path(root)
+        self.corrupt: dict[str, str] = {}  # chain id → why its records cannot be read
+        self.url = None if store == "sqlite" else (store or pg.store_url(self.root))
+        if self.url is not None:
+            pg.check_url(self.url, "store")
+            unbound = pg.bound_url(self.root) is None and store_path(self.root).is_file()
+            if unbound and not pg.has_root(self.url, self.root):
+                raise ClipclError(
+                    f"run root {self.root} has its results in {store_path(self.root)}, not "
+                    f"in {pg.redact(self.url)}: `clipcl store migrate --from {self.root} "
+                    f"--to URL` moves them there"
+                )
+            self._conn: Any = pg.connect(self.url, self.root, SCHEMA_SQL, SCHEMA_VERSION)
+            self.path: Path | str = self._conn.label
+            self.location = None
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                pg.bind_root(self.root, self.url)
+            except OSError as exc:  # a PostgreSQL store is opened first: a bad URL writes nothing
+                self._conn.close()
+                raise ClipclError(
+                    f"cannot write {self.root / pg.URL_FILE}: {exc} (the run root must be writable)"
+                ) from None
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -125,13 +165,17 @@ class ResultsStore:
                 first = prepare_local(self.location)
             except OSError as exc:
                 raise ClipclError(
-                    f"cannot create the local store of {self.root} at {self.path.parent}: "
+                    f"cannot create the local store of {self.root} at {self.location.path.parent}: "
                     f"{exc} (set {DIR_ENV} to a writable local directory)"
                 ) from None
             if first:
-                _adopt_store_in_root(self.root / DB_NAME, self.path)
-        self._conn = connect(self.path)
-        self.corrupt: dict[str, str] = {}  # chain id → why its records cannot be read
+                _adopt_store_in_root(self.root / DB_NAME, self.location.path)
+        self._conn = connect(self.location.path)
+
+    @property
+    def postgres(self) -> bool:
+        """Whether this is a PostgreSQL store."""
+        return self.url is not None
 
     def close(self) -> None:
         """Close the connection."""
@@ -144,7 +188,7 @@ class ResultsStore:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> Iterator[Conn]:
         with write(self._conn) as c:
             yield c
 
@@ -190,7 +234,10 @@ class ResultsStore:
             )
             for rec in chains:
                 upsert_chain(c, rec, replace=True)
-                c.execute("INSERT OR IGNORE INTO sweep_chains VALUES (?, ?)", (name, rec.chain_id))
+                c.execute(
+                    "INSERT INTO sweep_chains VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    (name, rec.chain_id),
+                )
             self._put_provenance(c, "sweep", name, prov)
 
     def set_state(
@@ -273,7 +320,8 @@ class ResultsStore:
     def chain(self, chain_id: str) -> ChainDetail | None:
         """Everything the store knows about a chain, or None if unknown."""
         row = self._conn.execute(
-            f"SELECT {_PROGRESS}, {_DETAIL} FROM chains c {_TASKS_DONE} WHERE c.chain_id = ?",
+            f"SELECT {_PROGRESS}, {_DETAIL} FROM chains c {_tasks_done(self._conn)} "
+            "WHERE c.chain_id = ?",
             (chain_id,),
         ).fetchone()
         if row is None:
@@ -315,7 +363,8 @@ class ResultsStore:
         chains."""
         where, params = sweep_filter(self._conn, self.path, sweep, check=False)
         cur = self._conn.execute(
-            f"SELECT {_PROGRESS} FROM chains c {_TASKS_DONE} {where} ORDER BY c.chain_id",
+            f"SELECT {_PROGRESS} FROM chains c {_tasks_done(self._conn)} {where} "
+            "ORDER BY c.chain_id",
             params,
         )
         return [ChainRow(**_progress_fields(row)) for row in cur.fetchall()]
@@ -333,8 +382,9 @@ class ResultsStore:
         with self._write() as c:
             for j in jobs:
                 c.execute(
-                    f"INSERT OR REPLACE INTO jobs ({_JOB_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    f"INSERT INTO jobs ({_JOB_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?) ON CONFLICT (job_id) DO UPDATE SET "
+                    + ", ".join(f"{col} = excluded.{col}" for col in _JOB_FIELDS[1:]),
                     (
                         str(j["job_id"]),
                         j["chain_id"],
@@ -373,11 +423,10 @@ class ResultsStore:
 
     # ----- provenance -----
     @staticmethod
-    def _put_provenance(
-        c: sqlite3.Connection, scope: str, owner: str, info: Mapping[str, Any]
-    ) -> None:
+    def _put_provenance(c: Conn, scope: str, owner: str, info: Mapping[str, Any]) -> None:
         c.executemany(
-            "INSERT OR REPLACE INTO provenance VALUES (?, ?, ?, ?)",
+            "INSERT INTO provenance VALUES (?, ?, ?, ?) ON CONFLICT (scope, owner, key) "
+            "DO UPDATE SET value_json = excluded.value_json",
             [(scope, owner, k, json.dumps(v, default=str)) for k, v in info.items()],
         )
 
@@ -429,7 +478,103 @@ class ResultsStore:
         return task_seconds_frame(self._conn, self.path, sweep)
 
 
-def rebuild_store(root: Path) -> tuple[Path | None, ResultsStore]:
+def all_rows_frame(url: str, sweep: str | None = None) -> pd.DataFrame:
+    """:func:`~clipcl.results.frames.eval_rows_frame` of every root in the PostgreSQL store
+    ``url``, one after another (by root path), with a first column ``root``. A root whose
+    directory exists here is ingested first.
+
+    Raises:
+        ClipclError: If the store cannot be opened, or ``sweep`` is in none of its roots.
+    """
+    import pandas as pd
+
+    url = pg.check_url(url, "store")
+    frames, known = [], set()
+    for schema, root in pg.roots(url):
+        if Path(root, "chains").is_dir():
+            with ResultsStore(Path(root), url) as store:
+                store.ingest_root()
+        conn = pg.open_schema(url, schema, Path(root))
+        try:
+            names = {r[0] for r in conn.execute("SELECT name FROM sweeps")}
+            known |= names
+            if sweep is not None and sweep not in names:
+                continue
+            frame = eval_rows_frame(conn, conn.label, sweep)
+        finally:
+            conn.close()
+        frame.insert(0, "root", root)
+        frames.append(frame)
+    if sweep is not None and sweep not in known:
+        raise unknown_name(f"sweep (in {pg.redact(url)})", sweep, sorted(known))
+    if not frames:
+        return eval_rows_frame_empty()
+    return pd.concat(frames, ignore_index=True)
+
+
+def eval_rows_frame_empty() -> pd.DataFrame:
+    """An empty frame with the columns of :func:`all_rows_frame`."""
+    import pandas as pd
+
+    from clipcl.results.frames import CHAIN_COLUMNS, ROW_COLUMNS
+
+    return pd.DataFrame(columns=["root", *CHAIN_COLUMNS, "num_tasks", "config", *ROW_COLUMNS])
+
+
+#: The tables ``store migrate`` copies, parents first.
+TABLES = ("sweeps", "chains", "sweep_chains", "tasks", "eval_rows", "provenance", "jobs")
+
+
+def migrate_store(root: Path, url: str) -> dict[str, int]:
+    """Copy ``root``'s SQLite store (chain records ingested first) into the PostgreSQL store
+    ``url`` in one transaction, then point the root at it (``store.url``); the SQLite file
+    is left as it was. Returns the rows copied per table.
+
+    Raises:
+        ClipclError: If the root has no SQLite store, already uses another PostgreSQL store,
+            or ``url`` already holds rows of this root (nothing is written then).
+    """
+    root = Path(root)
+    url = pg.check_url(url, "--to")
+    sqlite_file = store_path(root)
+    if not sqlite_file.is_file():
+        raise ClipclError(f"no SQLite results store of {root} at {sqlite_file}: nothing to migrate")
+    bound = pg.bound_url(root)
+    if bound is not None and bound != pg.redact(url):
+        raise ClipclError(f"run root {root} already uses the store {bound} ({root / pg.URL_FILE})")
+    copied: dict[str, int] = {}
+    with ResultsStore(root, "sqlite") as src:
+        src.ingest_root()
+        dst = pg.connect(url, root, SCHEMA_SQL, SCHEMA_VERSION)
+        try:
+            with write(dst) as c:
+                if c.execute("SELECT 1 FROM chains LIMIT 1").fetchone() is not None:
+                    raise ClipclError(
+                        f"the store {dst.label} already holds chains of this root: "
+                        f"`clipcl store rebuild --root {root}` rebuilds it from the records"
+                    )
+                for table in TABLES:
+                    cols = [r[1] for r in src._conn.execute(f"PRAGMA table_info({table})")]
+                    rows = src._conn.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
+                    marks = ", ".join("?" * len(cols))
+                    c.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})", rows)
+                    copied[table] = len(rows)
+        finally:
+            dst.close()
+    pg.bind_root(root, url)
+    return copied
+
+
+def store_exists(root: Path) -> bool:
+    """Whether ``root`` has a results store yet (nothing is created): its SQLite file, or its
+    schema in the PostgreSQL store it uses."""
+    url = pg.store_url(Path(root))
+    if url is None:
+        return store_path(Path(root)).is_file()
+    return pg.bound_url(Path(root)) is not None or pg.has_root(url, Path(root))
+
+
+def rebuild_store(root: Path) -> tuple[Path | str | None, ResultsStore]:
     """Move ``root``'s store aside (with its WAL files) and open a new, empty one.
 
     Returns:
@@ -437,6 +582,11 @@ def rebuild_store(root: Path) -> tuple[Path | None, ResultsStore]:
         filled with :meth:`ResultsStore.ingest_root` and ``record_sweep``).
     """
     root = Path(root)
+    url = pg.store_url(root)
+    if url is not None:  # PostgreSQL: the root's schema is kept under another name
+        with ResultsStore(root, url) as old:
+            kept_schema = pg.drop_root(old._conn)
+        return f"schema {kept_schema} of {pg.redact(url)}", ResultsStore(root, url)
     path = store_path(root)
     kept: Path | None = None
     if path.exists():

@@ -58,7 +58,7 @@ FORGETTING_NOTE = (
 )
 #: Columns that are not settings (everything else in the frame is a setting).
 CORE_COLUMNS = frozenset(
-    ("chain_id", "sweep", "method", "benchmark", "protocol", "seed", "num_tasks", "config")
+    ("root", "chain_id", "sweep", "method", "benchmark", "protocol", "seed", "num_tasks", "config")
     + ("trained_task", "trained_name", "eval_task", "eval_name", "correct", "total", "top1")
 )
 
@@ -241,7 +241,9 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return (0, value) if isinstance(value, int | float) else (1, str(value))
 
 
-def summarize(df: pd.DataFrame, per_dataset: bool = False) -> pd.DataFrame:
+def summarize(
+    df: pd.DataFrame, per_dataset: bool = False, by: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """One row per (method, benchmark, non-seed settings) with metrics over seeds.
 
     Only chains whose matrix is complete count: every entry for ``til``, the lower triangle
@@ -251,17 +253,22 @@ def summarize(df: pd.DataFrame, per_dataset: bool = False) -> pd.DataFrame:
         df: Eval rows (see the module docstring).
         per_dataset: For ``til`` add per-dataset ``transfer/<task>``, ``avg/<task>`` and
             ``last/<task>`` metrics (transfer of the first task is NaN).
+        by: Columns of ``df`` that come first and split the rows too (``results --all``:
+            ``sweep``, and ``root`` across roots).
 
     Returns:
-        Columns: method, benchmark, protocol, each setting that has a value, ``config``
-        (only when it tells apart rows that are otherwise equal), seeds (number of
+        Columns: the ``by`` columns, method, benchmark, protocol, each setting that has a
+        value, ``config`` (only when it tells apart rows that are otherwise equal), seeds (number of
         complete chains), then ``<metric>_mean`` and ``<metric>_std`` (sample std over
         seeds; NaN for one seed) for til's transfer/avg/last and cil's
         avg/last/forgetting/forgetting_chaudhry/bwt.
     """
+    if "root" in df.columns and df["root"].nunique() > 1:  # one chain id may be in two roots
+        df = df.assign(chain_id=df["root"].astype(str) + "\0" + df["chain_id"].astype(str))
     data = _chain_metrics(df, per_dataset)
     settings = [c for c in df.columns if c not in CORE_COLUMNS and data[c].notna().any()]
-    keys = ["method", "benchmark", "protocol", *settings]
+    settings = [c for c in settings if c not in by]
+    keys = [*by, "method", "benchmark", "protocol", *settings]
     keys += ["config"] if "config" in data.columns else []
     metrics = [c for c in data.columns if c in _ORDER or "/" in c]
     grouped = data.groupby(keys, dropna=False, sort=False)

@@ -16,9 +16,9 @@ def _submitit_paths(folder: str, job_id: str) -> list[Path]:
 def chain_log_files(root: Path, chain_id: str) -> list[Path]:
     """Existing log files of every Slurm job of ``chain_id``, oldest job first."""
     files: list[Path] = []
-    from clipcl.results.location import store_path
+    from clipcl.results.store import store_exists
 
-    if store_path(Path(root)).is_file():
+    if store_exists(Path(root)):
         from clipcl.results.store import ResultsStore
         from clipcl.slurm.track import BACKEND_NAME
 

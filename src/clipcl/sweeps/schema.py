@@ -136,6 +136,12 @@ class SweepFile(StrictNumbers):
     root: str = Field(
         "runs", description="Run root ('~' expands; relative paths: to the sweep file's directory)."
     )
+    store: str | None = Field(
+        None,
+        description="Results store: a PostgreSQL URL (postgresql://USER@HOST[:PORT]/DB) shared "
+        "by every root and sweep of a lab; default: the SQLite store of the run root. --store "
+        "and $CLIPCL_STORE replace it.",
+    )
     data_root: str | None = Field(
         None,
         description="Root of the local datasets ('~' expands; relative: to the sweep file's "
