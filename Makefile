@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint bench clean slurm-up browser-up cluster-tools netfs-tools
+.PHONY: install demo test test-fast lint bench clean slurm-up browser-up cluster-tools netfs-tools \
+	postgres-up
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/clipcl results sweeps/demo.yaml
 	$(BIN)/clipcl report sweeps/demo.yaml
 
-test: $(STAMP) slurm-up browser-up cluster-tools netfs-tools
+test: $(STAMP) slurm-up browser-up cluster-tools netfs-tools postgres-up
 	$(BIN)/python -m pytest
 
 # A real single-node Slurm for the integration tests, when this user can start one (root); in CI
@@ -68,6 +69,18 @@ netfs-tools:
 	  bash scripts/netfs-dev.sh install || [ "$$CI" != true ]; \
 	elif [ "$$CI" = true ] && ! command -v sshfs >/dev/null; then \
 	  echo "CI=true but sshfs cannot be installed (not root)" >&2; exit 1; \
+	fi
+
+# A real PostgreSQL (Debian's packages, its own data directory and port 5433) for the
+# PostgreSQL store's tests (tests/test_postgres.py read its URL from `postgres-dev.sh status`),
+# when this user can start one (root); in CI a failure fails the build. `scripts/postgres-dev.sh
+# down` stops it.
+postgres-up:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  { bash scripts/postgres-dev.sh install && bash scripts/postgres-dev.sh up >/dev/null; } \
+	    || [ "$$CI" != true ]; \
+	elif [ "$$CI" = true ]; then \
+	  echo "CI=true but PostgreSQL cannot be started (not root)" >&2; exit 1; \
 	fi
 
 test-fast: $(STAMP)

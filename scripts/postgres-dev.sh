@@ -10,7 +10,9 @@
 #
 # Everything lives under $CLIPCL_PG_DIR (default /var/tmp/clipcl-pg): data/ (owned by the postgres
 # user: initdb and the server refuse to run as root), the socket directory, the log and the password
-# of the `clipcl` role (mode 600). Password (scram-sha-256) authentication on 127.0.0.1 only, so a
+# of the `clipcl` role (mode 600; the role may create databases, and end sessions so that
+# `DROP DATABASE ... WITH (FORCE)` works: the tests make one database each).
+# Password (scram-sha-256) authentication on 127.0.0.1 only, so a
 # wrong password is refused as on a lab server.
 #
 # Settings (environment):
@@ -97,7 +99,8 @@ up() {
     pass=$(cat "$PASSFILE")
     as_pg "$bin/psql" -q -h "$SOCK" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 >/dev/null <<EOF ||
 SELECT 'CREATE ROLE clipcl LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'clipcl')\gexec
-ALTER ROLE clipcl WITH LOGIN PASSWORD '$pass';
+ALTER ROLE clipcl WITH LOGIN CREATEDB PASSWORD '$pass';
+GRANT pg_signal_backend TO clipcl;
 SELECT 'CREATE DATABASE clipcl OWNER clipcl' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'clipcl')\gexec
 EOF
         die "could not create the clipcl role and database"
