@@ -5,6 +5,9 @@
 2. Planning a 10 000-chain sweep: load + expand + per-chain state lookup (goal < 2 s).
 3. ``status`` on 10 000 chains: ingest + progress query + table (goal < 1 s).
 4. The results table from 1 000 000 evaluation rows (goal < 3 s): runs bench/results_table.py.
+With ``--store postgresql://...`` (or ``$CLIPCL_STORE``), 3 and 4 are measured on that
+PostgreSQL store too (lines marked ``[postgresql]``).
+
 5. ``clipcl plan`` as a whole process (imports included) for 10 000 chains (goal < 2 s) and
    100 000 chains (goal < 15 s and < 1 GB max RSS).
 """
@@ -84,9 +87,17 @@ def ray_vs_direct(chains: int, iterations: int) -> None:
     )
 
 
-def plan_and_status(chains: int) -> None:
+def plan_and_status(chains: int, url: str | None = None) -> None:
     from clipcl.orchestrator.plan import plan
     from clipcl.results.store import ResultsStore
+
+    tag = "[postgresql] " if url else ""
+    env = {k: v for k, v in os.environ.items() if k != "CLIPCL_STORE"}
+    if url:
+        env["CLIPCL_STORE"] = url
+        os.environ["CLIPCL_STORE"] = url
+    else:
+        os.environ.pop("CLIPCL_STORE", None)
 
     with tempfile.TemporaryDirectory() as tmp:
         sweep_path = Path(tmp) / "big.yaml"
@@ -95,10 +106,11 @@ def plan_and_status(chains: int) -> None:
         t0 = time.perf_counter()
         the_plan = plan(sweep_path, root)
         plan_s = time.perf_counter() - t0
-        print(
-            f"plan() of a {len(the_plan.chains)}-chain sweep in-process (load + expand + "
-            f"records + owners): {plan_s:.2f} s ({plan_s / 2:.2f} x goal)"
-        )
+        if not url:
+            print(
+                f"plan() of a {len(the_plan.chains)}-chain sweep in-process (load + expand + "
+                f"records + owners): {plan_s:.2f} s ({plan_s / 2:.2f} x goal)"
+            )
         with ResultsStore(root) as store:
             store.record_sweep("bench", str(sweep_path), {}, the_plan.records())
         t0 = time.perf_counter()
@@ -107,7 +119,7 @@ def plan_and_status(chains: int) -> None:
             rows = store.chain_progress("bench")
         status_s = time.perf_counter() - t0
         print(
-            f"status of {len(rows)} chains in-process (open store + ingest + query): "
+            f"{tag}status of {len(rows)} chains in-process (open store + ingest + query): "
             f"{status_s:.2f} s ({status_s:.2f} x goal)"
         )
         t0 = time.perf_counter()
@@ -115,12 +127,25 @@ def plan_and_status(chains: int) -> None:
             [sys.executable, "-m", "clipcl.cli", "status", str(sweep_path), "--root", str(root)],
             capture_output=True,
             check=True,
+            env=env,
         )
         whole = time.perf_counter() - t0
+        if url:
+            _drop_schema(url, root)
         print(
-            f"`clipcl status` of {len(rows)} chains, whole process: {whole:.2f} s "
+            f"{tag}`clipcl status` of {len(rows)} chains, whole process: {whole:.2f} s "
             f"({whole:.2f} x goal)"
         )
+
+
+def _drop_schema(url: str, root: Path) -> None:
+    import psycopg
+
+    from clipcl.results.pg import root_schema
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {root_schema(root)} CASCADE")
+        conn.execute("DELETE FROM clipcl.roots WHERE schema_name = %s", (root_schema(root),))
 
 
 #: (chains, seconds, max RSS in GB) goals of ``clipcl plan`` as a whole process.
@@ -157,10 +182,17 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--plan-chains", type=int, default=10_000)
+    parser.add_argument(
+        "--store",
+        default=os.environ.get("CLIPCL_STORE"),
+        help="also measure status and the table on this PostgreSQL store",
+    )
     args = parser.parse_args()
     for chains, goal_s, goal_gb in PLAN_GOALS:
         plan_process(chains, goal_s, goal_gb)
     plan_and_status(args.plan_chains)
+    if args.store:
+        plan_and_status(args.plan_chains, args.store)
     table = subprocess.run(
         [
             sys.executable,
@@ -169,6 +201,7 @@ def main() -> None:
             "1",
             "--ingest",
             "100",
+            *(["--store", args.store] if args.store else []),
         ],
         capture_output=True,
         text=True,
