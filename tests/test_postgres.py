@@ -163,6 +163,8 @@ def test_sweep_into_postgres_gives_the_sqlite_results(finished):
     assert json.loads(got) == json.loads(want) and len(json.loads(got)) == 6
     status = _clipcl(pg_dir, "status", "sweep.yaml").stdout
     assert "6 done" in status
+    _clipcl(pg_dir, "report", "sweep.yaml", "-o", "report")  # the report reads the same store
+    assert (pg_dir / "report" / "index.html").is_file()
     where = _clipcl(pg_dir, "store", "where", "sweep.yaml").stdout
     assert "PostgreSQL store" in where and urlsplit(url).password not in where
     # from the root alone (no sweep file): the root's store.url plus the password from libpq's
@@ -313,6 +315,12 @@ def test_a_migrated_store_equals_the_original(finished, pg_url, tmp_path):
     again = _clipcl(tmp_path, "store", "migrate", "--from", str(root), "--to", pg_url, ok=False)
     assert again.returncode == 2 and "already holds" in again.stderr
     assert _pg_tables(pg_url, root, columns) == want
+    # rebuilt from the records on PostgreSQL: the old schema is kept, the results are the same
+    done = _clipcl(tmp_path, "store", "rebuild", "--root", str(root), "--sweep", "sweep.yaml",
+                   store=pg_url)  # fmt: skip
+    assert "kept the old store as schema r_" in done.stdout and "_kept_" in done.stdout
+    rebuilt = _clipcl(tmp_path, "results", "sweep.yaml", "--format", "json", store=pg_url).stdout
+    assert json.loads(rebuilt) == json.loads(before)
 
 
 def _one_error(done) -> str:
