@@ -98,6 +98,7 @@ up() {
     local pass
     pass=$(cat "$PASSFILE")
     as_pg "$bin/psql" -q -h "$SOCK" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 >/dev/null <<EOF ||
+SET client_min_messages = warning;
 SELECT 'CREATE ROLE clipcl LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'clipcl')\gexec
 ALTER ROLE clipcl WITH LOGIN CREATEDB PASSWORD '$pass';
 GRANT pg_signal_backend TO clipcl;
