@@ -201,6 +201,16 @@ def special_resume_cases() -> dict[str, list[ResumeCase]]:
         "lora": [
             ResumeCase(tiny_spec("lora", merge_after_task=False), label="unmerged"),
             ResumeCase(tiny_spec("lora", merge_after_task=True), label="merged"),
+            ResumeCase(
+                tiny_spec(
+                    "lora",
+                    targets=["attn.in_proj", "attn.out_proj", "mlp.c_fc"],
+                    shared=True,
+                    split_qkvo=True,
+                    merge_after_task=True,
+                ),
+                label="shared",
+            ),
         ],
         "lwf": [ResumeCase(tiny_spec("lwf", iterations=6, **_ZSCL_KNOBS), 1, 3)],
         "nsp2": [ResumeCase(tiny_spec("nsp2", "test-cil", refine_epochs=5))],

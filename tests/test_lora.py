@@ -1,5 +1,6 @@
-"""``lora``: identity at init, only adapters train, parameter count, out_proj really adapted,
-merging, a chain on ``smoke`` with resume, strict config."""
+"""``lora``: identity at init, only adapters train, parameter count, out_proj and the q/k/v
+in-projection really adapted, merging, shared LoRA (masters, counts, merging), a chain on
+``smoke`` with resume, strict config."""
 
 from __future__ import annotations
 
@@ -50,10 +51,13 @@ def _ctx(index: int = 0) -> TaskContext:
 
 def _perturb(method: LoRAMethod) -> None:
     """Give every adapter a non-zero B, as training would."""
+    from clipcl.models.lora import adapter_pairs
+
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
-        for lora in method.adapters.values():
-            lora.lora_B.copy_(0.05 * torch.randn(lora.lora_B.shape, generator=g))
+        for name, adapter in method.adapters.items():
+            for _, lora in adapter_pairs(name, adapter):
+                lora.lora_B.copy_(0.05 * torch.randn(lora.lora_B.shape, generator=g))
 
 
 def test_adapted_model_is_bit_identical_at_init() -> None:
@@ -195,8 +199,12 @@ def test_chain_learns_and_checkpoints_the_adapters(resume_runs, merge: bool) -> 
 def test_bad_configs_are_clear_errors() -> None:
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         create_method("lora", {"rank": 0})
-    with pytest.raises(ValidationError, match="'attn.out_proj', 'mlp.c_fc' or 'mlp.c_proj'"):
+    with pytest.raises(
+        ValidationError, match="'attn.out_proj', 'mlp.c_fc', 'mlp.c_proj' or 'attn.in_proj'"
+    ):
         create_method("lora", {"targets": ["attn.qkv"]})
+    with pytest.raises(ValidationError, match="split_qkvo: true needs shared: true"):
+        create_method("lora", {"split_qkvo": True})
     with pytest.raises(ValidationError, match="targets listed twice"):
         create_method("lora", {"targets": ["mlp.c_fc", "mlp.c_fc"]})
     with pytest.raises(ValidationError, match="at least 1"):
@@ -217,3 +225,104 @@ def test_dropout_acts_on_the_mlp_lora_path_in_training_only() -> None:
     assert not torch.equal(_features(model)[0], _features(model)[0])
     model.eval()
     assert torch.equal(_features(model)[0], _features(model)[0])
+
+
+# ----- the q/k/v in-projection and shared LoRA -----
+ALL = ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+def test_in_proj_adapter_is_identity_at_init_then_adds_the_qkv_deltas() -> None:
+    model = _model()
+    feats = _features(model)
+    method = _lora(model, targets=["attn.in_proj"])
+    mha = model.clip.get_submodule("transformer.resblocks.0.attn")
+    assert torch.equal(mha.in_proj_weight, mha.parametrizations.in_proj_weight.original)
+    for a, b in zip(feats, _features(model), strict=True):  # ΔW = 0 exactly; the attention
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)  # kernel may differ (fast path)
+    _perturb(method)
+    assert not torch.allclose(_features(model)[0], feats[0])
+    name, qkv = next(iter(method.adapters.items()))
+    assert name == "transformer.resblocks.0.attn.in_proj"
+    base = mha.parametrizations.in_proj_weight.original
+    delta = torch.cat([2.0 * p.lora_B @ p.lora_A for p in (qkv.q, qkv.k, qkv.v)])
+    torch.testing.assert_close(mha.in_proj_weight, base + delta)
+
+
+def _expected_shared(rank: int, targets: tuple[str, ...], split: bool) -> int:
+    """r · (in + out) once per key and tower (the towers' widths differ: no key spans both)."""
+    attn_types: set[str] = set()
+    if "attn.in_proj" in targets:
+        attn_types |= {"q", "k", "v"}
+    if "attn.out_proj" in targets:
+        attn_types.add("o")
+    total = 0
+    for _blocks, width in TOWERS.values():
+        masters = len(attn_types) if split else min(1, len(attn_types))
+        total += masters * rank * 2 * width  # attention pairs are w × w
+        total += sum(rank * 5 * width for t in ("mlp.c_fc", "mlp.c_proj") if t in targets)
+    return total
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("targets", [ALL, ("attn.out_proj", "mlp.c_fc"), ("attn.in_proj",)])
+def test_shared_parameter_count_matches_formula(targets, split: bool) -> None:
+    model = _model()
+    method = _lora(model, rank=4, targets=list(targets), shared=True, split_qkvo=split)
+    method.before_task(_ctx())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == method.num_trainable() == _expected_shared(4, targets, split)
+    plain = _lora(_model(), rank=4, targets=list(targets))
+    assert plain.num_trainable() > method.num_trainable()
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_shared_layers_hold_their_masters_parameter_objects(split: bool) -> None:
+    from clipcl.models.lora import adapter_pairs
+
+    model = _model()
+    method = _lora(model, targets=list(ALL), shared=True, split_qkvo=split)
+    pairs = {
+        (name, proj): pair
+        for name, adapter in method.adapters.items()
+        for proj, pair in adapter_pairs(name, adapter)
+    }
+    img = "visual.transformer.resblocks"
+    q0, q2 = pairs[(f"{img}.0.attn.in_proj", "q")], pairs[(f"{img}.2.attn.in_proj", "q")]
+    o1 = pairs[(f"{img}.1.attn.out_proj", "o")]
+    fc0, fc2 = pairs[(f"{img}.0.mlp.c_fc", None)], pairs[(f"{img}.2.mlp.c_fc", None)]
+    proj1 = pairs[(f"{img}.1.mlp.c_proj", None)]
+    text_q = pairs[("transformer.resblocks.0.attn.in_proj", "q")]
+    assert q0.lora_A is q2.lora_A and q0.lora_B is q2.lora_B  # across blocks
+    assert fc0.lora_A is fc2.lora_A and fc0.lora_A is not proj1.lora_A  # MLP: by shape
+    assert q0.lora_A is not fc0.lora_A and q0.lora_A is not text_q.lora_A
+    assert (q0.lora_A is o1.lora_A) is (not split)  # one attention master, or one per type
+    k0 = pairs[(f"{img}.0.attn.in_proj", "k")]
+    assert (q0.lora_A is k0.lora_A) is (not split)
+    state = model.state_dict()  # every layer keeps its key; the tensors are the masters'
+    key = f"clip.{img}.2.attn.parametrizations.in_proj_weight.0.q.lora_A"
+    assert state[key].data_ptr() == q0.lora_A.data_ptr()
+
+
+def test_shared_training_moves_one_master_for_every_layer_of_its_key() -> None:
+    model = _model()
+    method = _lora(model, targets=["attn.out_proj"], towers="image", shared=True)
+    assert len(method.adapters) == 3 and len({id(a.lora_B) for a in method.adapters.values()}) == 1
+    spec = tiny_spec("lora", iterations=3, targets=["attn.out_proj"], shared=True)
+    ctx = _ctx()
+    method.before_task(ctx)
+    loader = make_loader(ctx.task.train, 32, shuffle=True, seed=0, num_workers=0, pin_memory=False)
+    train_task(model, method, ctx, spec.train, loader)
+    (master,) = {id(a.lora_B) for a in method.adapters.values()}  # still one tensor
+    b = next(iter(method.adapters.values())).lora_B
+    assert id(b) == master and b.abs().sum() > 0  # learned from every block's gradient
+
+
+def test_merge_after_task_with_shared_masters_folds_every_layer() -> None:
+    model = _model()
+    method = _lora(model, targets=list(ALL), shared=True, merge_after_task=True)
+    _perturb(method)  # B of the masters (the other layers' B are the same tensors)
+    feats = _features(model)
+    method.after_task(_ctx(), loader=None)  # type: ignore[arg-type]
+    assert all(not a.delta_weight().any() for a in method.adapters.values())
+    for a, b in zip(feats, _features(model), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

@@ -127,7 +127,9 @@ class WEConfig(ZSCLConfig):
     l2: float = Field(0.0, ge=0)
 
 
-LoRATarget = Literal["attn.out_proj", "mlp.c_fc", "mlp.c_proj"]
+#: ``attn.in_proj``: the packed q/k/v projection of ``nn.MultiheadAttention`` (one adapter per
+#: projection, on its ``in_proj_weight``).
+LoRATarget = Literal["attn.out_proj", "mlp.c_fc", "mlp.c_proj", "attn.in_proj"]
 DEFAULT_TARGETS: tuple[LoRATarget, ...] = ("attn.out_proj", "mlp.c_fc", "mlp.c_proj")
 
 
@@ -149,6 +151,20 @@ class LoRAConfig(MethodConfig):
     merge_after_task: bool = Field(
         False, description="Fold the adapters into W after each task and start fresh ones."
     )
+    shared: bool = Field(
+        False,
+        description="One master A/B per (layer type, dimensions), reused by every adapted layer "
+        "of that key: attention (q, k, v, o of a width and head count) and MLP layers never "
+        "share.",
+    )
+    split_qkvo: bool = Field(
+        False,
+        description="With shared: one master per attention projection type (q, k, v, o) "
+        "instead of one per attention shape.",
+    )
+
+    #: Knobs added after lora chains ran: left out of the chain id at these values.
+    legacy_values: ClassVar[dict[str, Any]] = {"shared": False, "split_qkvo": False}
 
     @field_validator("targets")
     @classmethod
@@ -156,6 +172,12 @@ class LoRAConfig(MethodConfig):
         if len(set(targets)) != len(targets):
             raise ValueError(f"targets listed twice: {sorted(targets)}")
         return targets
+
+    @model_validator(mode="after")
+    def _split_needs_shared(self) -> LoRAConfig:
+        if self.split_qkvo and not self.shared:
+            raise ValueError("split_qkvo: true needs shared: true (it splits the shared masters)")
+        return self
 
 
 LayerKind = Literal["attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj"]

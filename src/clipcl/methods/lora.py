@@ -1,9 +1,12 @@
 """``lora``: low-rank adapters on CLIP's attention out-projections and MLPs, nothing else trains.
 
 The baseline of the ZSCL-derived framework (METHODS.md §4): rank 8, alpha 16 on every
-transformer block's ``attn.out_proj``, ``mlp.c_fc`` and ``mlp.c_proj`` in both towers. One set
-of adapters is trained continually across all tasks; with ``merge_after_task`` the adapters are
-folded into the base weights after each task and fresh ones (``B = 0``) start the next task.
+transformer block's ``attn.out_proj``, ``mlp.c_fc`` and ``mlp.c_proj`` in both towers
+(``attn.in_proj`` adds the q/k/v projections). One set of adapters is trained continually
+across all tasks; with ``merge_after_task`` the adapters are folded into the base weights after
+each task and fresh ones (``B = 0``) start the next task. ``shared: true`` is the framework's
+shared LoRA: one master A/B per (layer type, dimensions) used by every layer of that key
+(``split_qkvo``: one per attention projection type), see :func:`clipcl.models.lora.share_lora`.
 The layers and their arithmetic are in ``clipcl.models.lora``; the adapters live inside the
 model, so checkpoints hold them and a resumed chain needs no method state.
 """
@@ -19,7 +22,14 @@ from clipcl.methods.configs import (  # noqa: F401  (re-exported)
 )
 from clipcl.methods.registry import register_method
 from clipcl.models import ClipModel
-from clipcl.models.lora import LoRA, add_lora, lora_modules, merge_lora
+from clipcl.models.lora import (
+    Adapter,
+    add_lora,
+    lora_modules,
+    merge_lora,
+    share_lora,
+    unique_parameters,
+)
 
 
 def _tower(name: str) -> str:
@@ -48,9 +58,11 @@ class LoRAMethod(Method):
                     f"LoRA target '{target}' matches no layer of the {cfg.towers} tower(s) "
                     f"of model {model.arch}"
                 )
-        self.adapters: dict[str, LoRA] = add_lora(
+        self.adapters: dict[str, Adapter] = add_lora(
             model.clip, layers, cfg.rank, cfg.alpha, cfg.dropout
         )
+        if cfg.shared:
+            share_lora(model.clip, self.adapters, cfg.split_qkvo)
         self._freeze_base()
 
     def _freeze_base(self) -> None:
@@ -60,8 +72,9 @@ class LoRAMethod(Method):
             lora.requires_grad_(True)
 
     def num_trainable(self) -> int:
-        """Number of LoRA parameters: ``Σ r · (in + out)`` over the adapted layers."""
-        return sum(p.numel() for lora in self.adapters.values() for p in lora.parameters())
+        """Number of LoRA parameters: ``Σ r · (in + out)`` over the adapted layers (over the
+        masters when shared)."""
+        return sum(p.numel() for p in unique_parameters(self.adapters))
 
     def before_task(self, ctx: TaskContext) -> None:
         self._freeze_base()

@@ -13,17 +13,31 @@ is consumed:
   ``.weight`` itself ``W + (alpha / r) · B A``. Its input is internal to the attention, so
   there is no LoRA-input dropout on such layers.
 
+- the packed q/k/v **in-projection** of ``nn.MultiheadAttention`` (target ``attn.in_proj``, named
+  ``<block>.attn.in_proj``): one pair per projection (``q``, ``k``, ``v``, each ``d × d``) in a
+  parametrization of ``in_proj_weight`` that adds ``cat(ΔW_q, ΔW_k, ΔW_v)``.
+
+**Shared LoRA** (:func:`share_lora`, the seed framework's ``--lora-shared``): every adapted layer
+with the same key uses one master pair — the same ``lora_A`` / ``lora_B`` parameter objects. The
+key is the layer type and its dimensions: attention ``("attn", width, heads)`` (q, k, v and o of
+all blocks of that shape share one master) or, with ``split_qkvo``, ``("attn", proj, width,
+heads)`` (one master per projection type); MLP layers ``("mlp", in, out)``. Attention and MLP
+layers never share; the first layer of a key (by name) is its master.
+
 The adapters are sub-modules of the adapted layers, so their ``lora_A`` / ``lora_B`` are part of
-the model's ``state_dict`` (checkpoints and resume need nothing else). State-dict keys: a hooked
-layer keeps ``<layer>.weight`` and gains ``<layer>.lora.lora_A``; a parametrized one holds
-``<layer>.parametrizations.weight.original`` and ``<layer>.parametrizations.weight.0.lora_A``.
+the model's ``state_dict`` (checkpoints and resume need nothing else; a shared master appears
+under each layer's key, one tensor). State-dict keys: a hooked layer keeps ``<layer>.weight`` and
+gains ``<layer>.lora.lora_A``; a parametrized one holds ``<layer>.parametrizations.weight.original``
+and ``<layer>.parametrizations.weight.0.lora_A``; an in-projection
+``<attn>.parametrizations.in_proj_weight.0.q.lora_A`` (and ``k``, ``v``).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +86,39 @@ class LoRAWeight(LoRA):
         return weight + self.delta_weight()  # (out, in)
 
 
+class QKVLoRA(nn.Module):
+    """Adapters of the packed in-projection ``(3d, d)`` of ``nn.MultiheadAttention``, as a
+    parametrization of ``in_proj_weight``: ``W ↦ W + cat(ΔW_q, ΔW_k, ΔW_v)``."""
+
+    def __init__(self, mha: nn.MultiheadAttention, rank: int, alpha: float) -> None:
+        super().__init__()
+        w, d = mha.in_proj_weight, mha.embed_dim
+        if w is None or w.shape != (3 * d, d):
+            raise ValueError("attn.in_proj needs a packed (3d, d) in_proj_weight")
+        dims = SimpleNamespace(weight=w, in_features=d, out_features=d)
+        self.q = LoRA(dims, rank, alpha)  # type: ignore[arg-type]
+        self.k = LoRA(dims, rank, alpha)  # type: ignore[arg-type]
+        self.v = LoRA(dims, rank, alpha)  # type: ignore[arg-type]
+
+    def pairs(self) -> list[tuple[str, LoRA]]:
+        return [("q", self.q), ("k", self.k), ("v", self.v)]
+
+    def reset_parameters(self) -> None:
+        for _, pair in self.pairs():
+            pair.reset_parameters()
+
+    def delta_weight(self) -> torch.Tensor:
+        """``cat(ΔW_q, ΔW_k, ΔW_v)`` (3d, d)."""
+        return torch.cat([pair.delta_weight() for _, pair in self.pairs()], dim=0)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.delta_weight()  # (3d, d)
+
+
+Adapter = LoRA | QKVLoRA
+IN_PROJ = "attn.in_proj"
+
+
 class _AddLoRA:
     """Forward hook of a hooked layer: ``y ← y + lora(x)``."""
 
@@ -84,24 +131,29 @@ class _AddLoRA:
         return output + self.lora(inputs[0])  # (..., out)
 
 
-def lora_modules(root: nn.Module, targets: Sequence[str]) -> dict[str, nn.Linear]:
-    """Linear layers of transformer blocks whose name ends in one of ``targets``, by name.
+def lora_modules(root: nn.Module, targets: Sequence[str]) -> dict[str, nn.Module]:
+    """Layers of transformer blocks whose name ends in one of ``targets``, by name.
 
     A layer matches target ``t`` when its name is ``….resblocks.<i>.<t>`` (e.g.
-    ``visual.transformer.resblocks.3.attn.out_proj`` for ``attn.out_proj``).
+    ``visual.transformer.resblocks.3.attn.out_proj`` for ``attn.out_proj``); ``attn.in_proj``
+    names the block's ``nn.MultiheadAttention`` (``….resblocks.<i>.attn.in_proj``, whose packed
+    ``in_proj_weight`` is adapted).
 
     Raises:
-        ValueError: a matching module is not an ``nn.Linear``.
+        ValueError: a matching module is not an ``nn.Linear`` (a multi-head attention for
+            ``attn.in_proj``).
     """
-    found: dict[str, nn.Linear] = {}
+    found: dict[str, nn.Module] = {}
     for target in targets:
-        pattern = re.compile(rf"(^|\.)resblocks\.\d+\.{re.escape(target)}$")
+        module_target = "attn" if target == IN_PROJ else target
+        want = nn.MultiheadAttention if target == IN_PROJ else nn.Linear
+        pattern = re.compile(rf"(^|\.)resblocks\.\d+\.{re.escape(module_target)}$")
         for name, m in root.named_modules():
             if not pattern.search(name):
                 continue
-            if not isinstance(m, nn.Linear):
-                raise ValueError(f"LoRA target {name} is a {type(m).__name__}, not nn.Linear")
-            found[name] = m
+            if not isinstance(m, want):
+                raise ValueError(f"LoRA target {name} is a {type(m).__name__}, not {want.__name__}")
+            found[name + (".in_proj" if target == IN_PROJ else "")] = m
     return dict(sorted(found.items()))
 
 
@@ -112,14 +164,21 @@ def _weight_read_by_parent(root: nn.Module, name: str) -> bool:
 
 def add_lora(
     root: nn.Module,
-    layers: dict[str, nn.Linear],
+    layers: dict[str, nn.Module],
     rank: int,
     alpha: float,
     dropout: float = 0.0,
-) -> dict[str, LoRA]:
+) -> dict[str, Adapter]:
     """Attach a fresh LoRA to each of ``layers`` (named within ``root``); return them by name."""
-    adapters: dict[str, LoRA] = {}
+    adapters: dict[str, Adapter] = {}
     for name, linear in layers.items():
+        if name.endswith("." + IN_PROJ):
+            assert isinstance(linear, nn.MultiheadAttention)
+            qkv = QKVLoRA(linear, rank, alpha)
+            parametrize.register_parametrization(linear, "in_proj_weight", qkv)
+            adapters[name] = qkv
+            continue
+        assert isinstance(linear, nn.Linear)
         if _weight_read_by_parent(root, name):
             lora: LoRA = LoRAWeight(linear, rank, alpha)
             parametrize.register_parametrization(linear, "weight", lora)
@@ -133,18 +192,74 @@ def add_lora(
 
 def base_weight(linear: nn.Module) -> torch.Tensor:
     """The frozen ``W`` of an adapted layer (without the LoRA delta)."""
+    if isinstance(linear, nn.MultiheadAttention):
+        return linear.get_parameter("parametrizations.in_proj_weight.original")
     name = "parametrizations.weight.original" if parametrize.is_parametrized(linear) else "weight"
     return linear.get_parameter(name)
 
 
+def _layer(root: nn.Module, name: str) -> nn.Module:
+    """The adapted module of an adapter's name (the attention for ``….attn.in_proj``)."""
+    if name.endswith("." + IN_PROJ):
+        name = name.removesuffix(".in_proj")
+    return root.get_submodule(name)
+
+
+def adapter_pairs(name: str, adapter: Adapter) -> Iterator[tuple[str | None, LoRA]]:
+    """An adapter's (projection, pair): q/k/v of an in-projection, ``o`` of an attention
+    out-projection, ``None`` for an MLP layer."""
+    if isinstance(adapter, QKVLoRA):
+        yield from adapter.pairs()
+    else:
+        yield ("o" if name.endswith(".attn.out_proj") else None), adapter
+
+
+def share_key(root: nn.Module, name: str, proj: str | None, split_qkvo: bool) -> tuple:
+    """The key of a pair under shared LoRA (see the module docstring)."""
+    if proj is not None:
+        mha = root.get_submodule(name.rpartition(".attn")[0] + ".attn")
+        shape = (mha.embed_dim, mha.num_heads)
+        return ("attn", proj, *shape) if split_qkvo else ("attn", *shape)
+    linear = root.get_submodule(name)
+    return ("mlp", linear.in_features, linear.out_features)
+
+
+def share_lora(
+    root: nn.Module, adapters: dict[str, Adapter], split_qkvo: bool
+) -> dict[tuple, LoRA]:
+    """Make every pair use its key's master ``lora_A`` / ``lora_B`` (the first by name);
+    returns the masters by key."""
+    masters: dict[tuple, LoRA] = {}
+    for name in sorted(adapters):
+        for proj, pair in adapter_pairs(name, adapters[name]):
+            key = share_key(root, name, proj, split_qkvo)
+            master = masters.setdefault(key, pair)
+            if master is not pair:
+                pair.lora_A = master.lora_A
+                pair.lora_B = master.lora_B
+    return masters
+
+
+def unique_parameters(adapters: dict[str, Adapter]) -> list[nn.Parameter]:
+    """The adapters' parameters, each once (shared masters are one parameter)."""
+    seen: dict[int, nn.Parameter] = {}
+    for adapter in adapters.values():
+        for p in adapter.parameters():
+            seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
 @torch.no_grad()
-def merge_lora(root: nn.Module, adapters: dict[str, LoRA]) -> None:
-    """Fold each adapter into its base weight (``W ← W + (alpha / r) · B A``) and reset it.
+def merge_lora(root: nn.Module, adapters: dict[str, Adapter]) -> None:
+    """Fold each adapter into its base weight (``W ← W + (alpha / r) · B A``), then reset them
+    (every layer is folded before any shared master is reset).
 
     For parametrized layers the effective weight is unchanged bit for bit (``W + ΔW`` is what the
     parametrization computed); for hooked layers it is unchanged up to float rounding.
     """
-    for name, lora in adapters.items():
-        w = base_weight(root.get_submodule(name))
-        w.copy_(w + lora.delta_weight())
+    deltas = {name: lora.delta_weight() for name, lora in adapters.items()}
+    for name, delta in deltas.items():
+        w = base_weight(_layer(root, name))
+        w.copy_(w + delta)
+    for lora in adapters.values():
         lora.reset_parameters()
