@@ -214,9 +214,31 @@ def special_resume_cases() -> dict[str, list[ResumeCase]]:
         ],
         "lwf": [ResumeCase(tiny_spec("lwf", iterations=6, **_ZSCL_KNOBS), 1, 3)],
         "nsp2": [ResumeCase(tiny_spec("nsp2", "test-cil", refine_epochs=5))],
+        "ogd": [ResumeCase(tiny_spec("ogd", "test-cil", iterations=4, samples=3), 1, 3)],
         "pgp": [ResumeCase(tiny_spec("pgp", "test-cil"))],
-        "we": [ResumeCase(tiny_spec("we", "test-cil", iterations=3, avg_freq=2))],
-        "wise-ft": [ResumeCase(tiny_spec("wise-ft"))],
+        "we": [
+            ResumeCase(tiny_spec("we", "test-cil", iterations=3, avg_freq=2)),
+            ResumeCase(
+                tiny_spec("we", "test-cil", iterations=3, avg_freq=2, we_wise=True),
+                label="we-wise",
+            ),
+            ResumeCase(
+                tiny_spec(
+                    "we",
+                    "test-cil",
+                    iterations=3,
+                    avg_freq=1,
+                    we=False,
+                    moving_avg=True,
+                    moving_avg_model="previous",
+                ),
+                label="moving-avg",
+            ),
+        ],
+        "wise-ft": [
+            ResumeCase(tiny_spec("wise-ft")),
+            ResumeCase(tiny_spec("wise-ft", reference="zeroshot"), 1, 3, label="zeroshot"),
+        ],
         "zscl": [ResumeCase(tiny_spec("zscl", iterations=6, **_ZSCL_KNOBS), 1, 3)],
     }
 

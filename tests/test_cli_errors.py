@@ -162,6 +162,11 @@ CHAIN_CASES = {
     "set-epochs-keeps-iterations": ChainCase(
         extra=("--set", "train.epochs=1"), expected=("--set train.iterations=null",)
     ),
+    "ogd-samples-zero": ChainCase(
+        options={"--method": "ogd"},
+        extra=("--set", "method.samples=0"),
+        expected=("method.samples", "greater than or equal to 1"),
+    ),
     # --- flags that typer/torch parse ---
     "seed-not-an-int": ChainCase(options={"--seed": "abc"}, expected=("--seed", "integer")),
     "device-unknown": ChainCase(extra=("--device", "banana"), expected=("banana",)),

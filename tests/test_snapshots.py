@@ -5,8 +5,8 @@ run, bit for bit on the CPU.
 The SIGKILL test kills real worker processes (``python -m clipcl.workers``) at seeded random
 steps inside tasks through the test-only ``CLIPCL_TEST_SIGKILL_AFTER`` (the worker SIGKILLs
 itself after step N of task K, before that step's snapshot, so step N is trained again after
-the resume from step N − 1): finetune, every projection method, ZSCL and iCaRL, 10 kills in
-all (``KILL_TASKS``).
+the resume from step N − 1): finetune, every projection method, ZSCL, iCaRL, OGD and the
+moving average, 13 kills in all (``KILL_TASKS``).
 """
 
 from __future__ import annotations
@@ -62,12 +62,22 @@ def _kill_specs() -> dict[str, ChainSpec]:
         "dmnsp": tiny_spec("dmnsp", iterations=STEPS),
         "zscl": tiny_spec("zscl", iterations=STEPS, **zscl),
         "icarl": tiny_spec("icarl", iterations=STEPS, memory_size=24, batch_size=8),
+        "ogd": tiny_spec("ogd", iterations=STEPS, samples=3),
+        "moving-avg": tiny_spec(
+            "we",
+            iterations=STEPS,
+            we=False,
+            moving_avg=True,
+            moving_avg_model="previous",
+            avg_freq=2,
+        ),
     }
 
 
 KILL_SPECS = _kill_specs()
-#: The tasks each method's chain is killed in (10 kills; the projection methods in both tasks,
-#: so that the kill in task 1 hits them while their task-0 projectors are in use).
+#: The tasks each method's chain is killed in (13 kills; the projection methods and OGD in both
+#: tasks, so that the kill in task 1 hits them while their task-0 projectors are in use and the
+#: kill in task 0 hits OGD's sampled gradients of the task so far).
 KILL_TASKS = {
     "finetune": [1],
     "gpm": [0, 1],
@@ -76,6 +86,8 @@ KILL_TASKS = {
     "dmnsp": [0, 1],
     "zscl": [1],
     "icarl": [1],
+    "ogd": [0, 1],
+    "moving-avg": [1],
 }
 
 

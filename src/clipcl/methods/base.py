@@ -69,6 +69,9 @@ class TaskContext:
     #: a resumed chain re-derives it; methods draw from ``generator(...)``, never the global RNG.
     seed: int
     data_root: str | None = None  # the chain's data root (relative method paths resolve here)
+    #: Training steps of the task (None where the caller does not say, e.g. a method that does
+    #: not train); a method may plan its step schedule with it (OGD's sampled steps).
+    steps: int | None = None
 
     def stream_seed(self, stream: str) -> int:
         """A seed for the method's random stream ``stream`` (a name such as "exemplars"): a

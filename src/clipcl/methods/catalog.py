@@ -44,6 +44,7 @@ _METHODS: dict[str, MethodInfo] = {
         MethodInfo("icarl", "icarl", c.IcarlConfig),
         MethodInfo("joint", "joint", c.JointConfig),
         MethodInfo("lora", "lora", c.LoRAConfig),
+        MethodInfo("ogd", "ogd", c.OGDConfig),
         MethodInfo("nsp2", "nsp2", c.NSP2Config, train_defaults=c.NSP2_TRAIN_DEFAULTS),
         MethodInfo("pgp", "pgp", c.PGPConfig, train_defaults=c.PGP_TRAIN_DEFAULTS),
         MethodInfo("wise-ft", "wiseft", c.WiSEFTConfig),

@@ -70,6 +70,13 @@ class WiSEFTConfig(FinetuneConfig):
     alpha: float = Field(
         0.8, ge=0, le=1, description="Weight of the fine-tuned model (1: plain finetune)."
     )
+    reference: Literal["previous", "zeroshot"] = Field(
+        "previous",
+        description="Interpolate with the weights the task started from, or with the"
+        " pretrained (zero-shot) weights (seed 002's --wise-ft-model n / zeroshot).",
+    )
+
+    legacy_values: ClassVar[dict[str, Any]] = {"reference": "previous"}
 
 
 class ZSCLConfig(FinetuneConfig):
@@ -98,11 +105,48 @@ class ZSCLConfig(FinetuneConfig):
     )
     reference_batch_size: int = Field(64, ge=1, description="Reference images per step.")
     cache_text: bool = Field(True, description="Compute G_ref once instead of every step.")
+    we_wise: bool = Field(
+        False,
+        description="WiSE weight ensembling (seed 002's --we-wise): each ensemble update is"
+        " θ̄ ← α·(n θ̄ + θ)/(n + 1) + (1 − α)·θ_{t−1}; needs we.",
+    )
+    we_wise_alpha: float = Field(
+        0.98, ge=0, le=1, description="α of we_wise (seed 002's --we-wise-alpha)."
+    )
+    moving_avg: bool = Field(
+        False,
+        description="Every avg_freq steps pull the trained weights themselves towards a"
+        " reference, θ ← d·θ + (1 − d)·θ_ref (seed 002's --moving-avg); excludes we.",
+    )
+    moving_avg_decay: float = Field(
+        0.999, ge=0, le=1, description="d of moving_avg (seed 002's --mv-avg-decay)."
+    )
+    moving_avg_model: Literal["task-start", "previous", "zeroshot"] = Field(
+        "task-start",
+        description="θ_ref of moving_avg: the weights the task started from (seed 002's 'n'),"
+        " the weights at the previous update before it was applied ('t'), or the pretrained"
+        " weights ('zeroshot').",
+    )
+
+    legacy_values: ClassVar[dict[str, Any]] = {
+        "we_wise": False,
+        "we_wise_alpha": 0.98,
+        "moving_avg": False,
+        "moving_avg_decay": 0.999,
+        "moving_avg_model": "task-start",
+    }
 
     @model_validator(mode="after")
     def _folder(self) -> ZSCLConfig:
         if self.reference == "folder" and not (self.reference_images and self.reference_captions):
             raise ValueError("reference: folder needs reference_images and reference_captions")
+        if self.we_wise and not self.we:
+            raise ValueError("we_wise is a kind of weight ensembling: it needs we: true")
+        if self.moving_avg and self.we:
+            raise ValueError(
+                "moving_avg and we exclude each other (moving_avg changes the trained weights,"
+                " we averages them): set we: false"
+            )
         return self
 
 
@@ -240,6 +284,45 @@ class GPMConfig(MethodConfig):
         if not blocks or len(set(blocks)) != len(blocks) or min(blocks) < 0:
             raise ValueError(f"blocks must be distinct indices ≥ 0, got {list(blocks)}")
         return tuple(sorted(blocks))
+
+
+class OGDConfig(FinetuneConfig):
+    """OGD's knobs (the seed-002 framework's ``--orthogonal-gradients N``); training is
+    ``finetune``'s (same train modes)."""
+
+    project: bool = Field(
+        True, description="Project later updates (false: plain finetune, the OGD-Seq twin)."
+    )
+    samples: int = Field(
+        10,
+        ge=1,
+        description="Gradients sampled per task at evenly spaced steps (the framework's"
+        " examples: 10).",
+    )
+    energy: float = Field(
+        0.97,
+        gt=0,
+        le=1,
+        description="A task adds the leading right singular vectors of its sampled gradients"
+        " whose cumulative σ² first reaches this fraction (the framework's svd_basis: 0.97).",
+    )
+    tracked: Literal["trainable", "block-weights"] = Field(
+        "trainable",
+        description="Parameters whose gradients are sampled and whose updates are projected:"
+        " every trainable one, or (the framework's should_track_layer) only weights, not"
+        " biases, with attn / mlp / ln in their name; the others train unprojected.",
+    )
+    max_basis: int | None = Field(
+        None,
+        ge=1,
+        description="Most directions kept per parameter over all tasks (None: samples × tasks);"
+        " directions past the cap are dropped. Bounds the bases' memory.",
+    )
+    project_update: bool = Field(
+        True,
+        description="Project the optimizer's update after the step (exact with AdamW); false:"
+        " the gradient before the step, as the framework does.",
+    )
 
 
 class NSP2Config(MethodConfig):

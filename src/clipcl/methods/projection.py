@@ -210,6 +210,63 @@ def orthonormalize(basis: torch.Tensor, tol: float = 1e-10) -> torch.Tensor:
     return u[:, s > tol * s[0]].contiguous()
 
 
+def gradient_basis(samples: torch.Tensor, energy: float) -> torch.Tensor:
+    """OGD's basis of one task's sampled gradients: the leading right singular vectors of
+    ``G`` (N, n) (one flattened gradient per row) whose cumulative ``σ²`` first reaches
+    ``energy`` of ``‖G‖²``, as the seed-002 framework's ``svd_basis`` counts them (the vector
+    that crosses the fraction is included; a 1e-12 slack keeps ``energy = 1`` from missing the
+    last direction to rounding). Directions with ``σ ≤ 1e-10 · σ_max`` are never kept.
+
+    Returns:
+        (n, k) orthonormal columns in float64 (k = 0 for an all-zero ``G``).
+    """
+    if not 0 < energy <= 1:
+        raise ValueError(f"energy must be in (0, 1], got {energy}")
+    g = samples.detach().to(torch.float64).reshape(samples.shape[0], -1)  # (N, n)
+    n = g.shape[1]
+    if g.shape[0] == 0 or float(g.abs().max()) == 0.0:
+        return g.new_zeros(n, 0)
+    _, sv, vh = torch.linalg.svd(g, full_matrices=False)  # sv (r,), vh (r, n)
+    sq = sv.pow(2)
+    ratio = torch.cumsum(sq, 0) / sq.sum()
+    k = min(int((ratio < energy - 1e-12).sum()) + 1, int((sv > 1e-10 * sv[0]).sum()))
+    return vh[:k].t().contiguous()
+
+
+def extend_basis(
+    basis: torch.Tensor | None, new: torch.Tensor, max_columns: int | None = None
+) -> torch.Tensor:
+    """An orthonormal basis of ``span(basis) + span(new)``: ``basis``'s columns unchanged and
+    first, then the part of ``new`` outside span(basis), orthonormalised (columns of
+    ``new − U Uᵀ new`` shorter than 1e-6 — directions already covered — are dropped).
+
+    Args:
+        basis: (n, k) orthonormal, or None.
+        new: (n, j) directions (unit columns).
+        max_columns: at most this many columns in the result (the first new ones are kept:
+            ``orthonormalize`` orders them by their residual's singular values).
+
+    Returns:
+        (n, k') float64 with k ≤ k' ≤ min(n, k + j, max_columns).
+    """
+    add = new.to(torch.float64)
+    if basis is None:
+        u = add.new_zeros(add.shape[0], 0)
+    else:
+        u = basis.to(device=add.device, dtype=torch.float64)
+    room = add.shape[0] - u.shape[1]
+    if max_columns is not None:
+        room = min(room, max_columns - u.shape[1])
+    if room <= 0 or add.shape[1] == 0:
+        return u.contiguous()
+    add = add - u @ (u.t() @ add)
+    add = add - u @ (u.t() @ add)  # twice: one pass leaves ~ε·‖add‖ along U in float64
+    add = add[:, add.norm(dim=0) > 1e-6]
+    if add.shape[1] == 0:
+        return u.contiguous()
+    return torch.cat([u, orthonormalize(add)[:, :room]], dim=1).contiguous()
+
+
 def remove_component(g: torch.Tensor, basis: torch.Tensor, side: Side = "right") -> torch.Tensor:
     """``g − g U Uᵀ`` (``side="right"``, g (out, d)) or ``g − U Uᵀ g`` (``"left"``, g (d, n)).
 

@@ -4,7 +4,10 @@
     θ_t = α · θ_ft + (1 − α) · θ_{t−1}          α = 0.8
 
 ``θ_{t−1}`` is the model at the start of task t (the pretrained weights for task 0); ``θ_t`` is
-what is saved, evaluated and carried on. Only the parameters trained in the task are
+what is saved, evaluated and carried on. ``reference: zeroshot`` interpolates with the pretrained
+weights instead (a task's new head, which has none, with its initial value). This is the
+seed-002 framework's ``--wise-merge`` (``--wise-ft-alpha`` 0.8, ``--wise-ft-model n`` /
+``zeroshot``). Only the parameters trained in the task are
 interpolated (the others have ``θ_ft = θ_{t−1}``). ``θ_{t−1}`` is copied to CPU in
 ``before_task`` from the live model, which after a resume is the checkpoint's ``θ_{t−1}``, so no
 method state is needed. Training itself is ``finetune``'s (same train modes).
@@ -21,6 +24,7 @@ from clipcl.methods.configs import (  # noqa: F401  (re-exported)
 )
 from clipcl.methods.finetune import Finetune
 from clipcl.methods.registry import register_method
+from clipcl.models import ClipModel
 
 
 def interpolate(alpha: float, finetuned: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
@@ -36,14 +40,22 @@ class WiSEFT(Finetune):
     Config = WiSEFTConfig
     config: WiSEFTConfig
 
+    def setup(self, model: ClipModel) -> None:
+        super().setup(model)
+        self._zeroshot: dict[str, torch.Tensor] = {}  # reference: zeroshot, on CPU
+        if self.config.reference == "zeroshot":  # setup sees the freshly built model
+            self._zeroshot = {
+                n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
+            }
+
     def before_task(self, ctx: TaskContext) -> None:
         super().before_task(ctx)  # chooses the trainable parameters (and adds a head)
         assert self.model is not None
-        self._previous: dict[str, torch.Tensor] = {
-            name: p.detach().to("cpu", copy=True)
-            for name, p in self.model.named_parameters()
-            if p.requires_grad
-        }  # θ_{t−1}, on CPU
+        self._previous: dict[str, torch.Tensor] = {}  # θ_{t−1} (or the pretrained θ_0), CPU
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                zs = self._zeroshot.get(name)
+                self._previous[name] = zs if zs is not None else p.detach().to("cpu", copy=True)
 
     @torch.no_grad()
     def after_task(self, ctx: TaskContext, loader: DataLoader) -> None:

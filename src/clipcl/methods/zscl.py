@@ -15,6 +15,19 @@ frozen original CLIP, per task for the previous-task teacher) instead of every s
 ``we``, the weights are averaged every ``avg_freq`` steps, ``θ̄ ← (n θ̄ + θ)/(n + 1)`` starting
 from θ_{t−1}; after the task θ̄ replaces θ (it is what is saved, evaluated and carried on).
 
+The seed-002 framework's other averaging flags, on the same ``avg_freq`` schedule:
+
+- ``we_wise`` (``--we-wise``, α = ``we_wise_alpha`` 0.98): each ensemble update is followed by
+  ``θ̄ ← α θ̄ + (1 − α) θ_{t−1}`` (its ``wise_we``), so the ensemble is pulled back towards the
+  task's starting weights at every update;
+- ``moving_avg`` (``--moving-avg``, d = ``moving_avg_decay`` 0.999): the trained weights
+  themselves become ``d θ + (1 − d) θ_ref`` (its ``moving_avg``), θ_ref being the task's starting
+  weights (``task-start``, its ``n``), the pretrained ones (``zeroshot``) or the weights at the
+  previous update before it was applied (``previous``, its ``t``); nothing replaces θ after the
+  task. It excludes ``we``, as the framework's branches do.
+
+Its ``--wise-merge`` is the ``wise-ft`` method.
+
 ``lwf``: the previous task's model as teacher, the current task's images and class prompts as
 reference data, no L2 and no weight ensembling. ``l2``/``we`` alone (``image_loss: false``,
 ``text_loss: false``) give the L2 and WE baselines.
@@ -81,6 +94,10 @@ class ZSCL(Finetune):
         self._text_cache: torch.Tensor | None = None
         self._ref_images: torch.Tensor | list[Path] | None = None
         self._ref_captions: list[str] = []
+        #: moving_avg_model zeroshot: the pretrained weights (setup sees the freshly built model)
+        self._zeroshot: dict[str, torch.Tensor] = {}
+        if self.config.moving_avg and self.config.moving_avg_model == "zeroshot":
+            self._zeroshot = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     def _load_reference(self, data_root: str | None) -> None:
         """The reference images and captions (once per run; relative paths: the data root)."""
@@ -118,6 +135,12 @@ class ZSCL(Finetune):
         self._previous = [p.detach().clone() for _, p in self._trainable]  # θ_{t−1}
         self._we = [p.detach().clone() for _, p in self._trainable] if self.config.we else []
         self._we_n = 0
+        self._mv_ref: list[torch.Tensor] = []  # θ_ref of moving_avg, aligned with _trainable
+        if self.config.moving_avg:
+            self._mv_ref = [
+                self._zeroshot.get(name, prev).clone()  # a head has no zero-shot value: θ_{t−1}
+                for (name, _), prev in zip(self._trainable, self._previous, strict=True)
+            ]
         self._step = -1
         if self._distills() and self._ref_images is None and self.config.reference != "current":
             self._load_reference(ctx.data_root)
@@ -215,16 +238,37 @@ class ZSCL(Finetune):
 
     # ----- weight ensembling -----
     def _merge(self) -> None:
+        """``θ̄ ← (n θ̄ + θ)/(n + 1)``; with we_wise then ``θ̄ ← α θ̄ + (1 − α) θ_{t−1}``
+        (seed 002's ``merge_we`` / ``wise_we``)."""
         self._we_n += 1
         n = self._we_n
+        alpha = self.config.we_wise_alpha
         with torch.no_grad():
-            for (_, p), avg in zip(self._trainable, self._we, strict=True):
+            for (_, p), avg, prev in zip(self._trainable, self._we, self._previous, strict=True):
                 avg.mul_(n).add_(p.detach()).div_(n + 1)
+                if self.config.we_wise:
+                    avg.mul_(alpha).add_(prev, alpha=1 - alpha)
         self._merged_at = self._step
+
+    @torch.no_grad()
+    def _pull(self) -> None:
+        """moving_avg: ``θ ← d θ + (1 − d) θ_ref`` (seed 002's ``moving_avg``); for
+        ``moving_avg_model: previous`` θ_ref then becomes θ as it was before this pull."""
+        d = self.config.moving_avg_decay
+        follow = self.config.moving_avg_model == "previous"
+        for (_, p), ref in zip(self._trainable, self._mv_ref, strict=True):
+            before = p.detach().clone() if follow else None
+            p.mul_(d).add_(ref, alpha=1 - d)
+            if before is not None:
+                ref.copy_(before)
 
     def after_step(self) -> None:
         self._step += 1
-        if self.config.we and self._step % self.config.avg_freq == 0:
+        if self._step % self.config.avg_freq:
+            return
+        if self.config.moving_avg:
+            self._pull()
+        elif self.config.we:
             self._merge()
 
     def task_state_dict(self) -> dict[str, Any]:
@@ -235,6 +279,7 @@ class ZSCL(Finetune):
             "step": self._step,
             "merged_at": self._merged_at,
             "generator": self._gen.get_state(),
+            "mv_ref": [t.clone() for t in self._mv_ref],
         }
 
     def load_task_state_dict(self, state: dict[str, Any]) -> None:
@@ -246,6 +291,10 @@ class ZSCL(Finetune):
         self._step = int(state["step"])
         self._merged_at = int(state["merged_at"])
         self._gen.set_state(state["generator"].cpu())
+        mv_ref = list(state.get("mv_ref", []))
+        if [tuple(t.shape) for t in mv_ref] != [tuple(t.shape) for t in self._mv_ref]:
+            raise ValueError("zscl task state: the moving-average reference does not fit")
+        self._mv_ref = [t.to(q) for t, q in zip(mv_ref, self._mv_ref, strict=True)]
 
     def after_task(self, ctx: TaskContext, loader) -> None:
         if self.config.we:
@@ -256,6 +305,7 @@ class ZSCL(Finetune):
                     p.copy_(avg)
         self._previous = []
         self._we = []
+        self._mv_ref = []
 
 
 @register_method

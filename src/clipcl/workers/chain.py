@@ -293,9 +293,6 @@ def _run_locked(
             raise Preempted(str(stop.reason), bool(trained_now))
         task = benchmark.tasks[k]
         derived = seed_everything(spec.seed, k)
-        ctx = TaskContext(
-            index=k, task=task, benchmark=benchmark, seed=derived, data_root=data_root
-        )
         loader = make_loader(
             task.train,
             spec.train.batch_size,
@@ -303,6 +300,14 @@ def _run_locked(
             seed=derived,
             num_workers=spec.train.num_workers,
             pin_memory=dev.type == "cuda",
+        )
+        ctx = TaskContext(
+            index=k,
+            task=task,
+            benchmark=benchmark,
+            seed=derived,
+            data_root=data_root,
+            steps=spec.train.steps_for(len(loader)) if method.trains else None,
         )
         t0 = time.time()
         trained = 0
