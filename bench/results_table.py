@@ -78,9 +78,10 @@ def _fill(store: ResultsStore, recs: list[ChainRecord], n_tasks: int) -> int:
     for rec in recs:
         acc = rng.integers(0, 101, size=(n_tasks, n_tasks))
         conn.executemany(
-            "INSERT INTO eval_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO eval_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (rec.chain_id, t, i, names[t], names[i], int(acc[t, i]), 100, float(acc[t, i]))
+                + (min(100, int(acc[t, i]) + 10),)  # correct5
                 for t in range(n_tasks)
                 for i in range(n_tasks)
             ],
@@ -109,7 +110,8 @@ def _fill_pg(store: ResultsStore, recs: list[ChainRecord], n_tasks: int) -> int:
                 for t in range(n_tasks):
                     for i in range(n_tasks):
                         a = int(acc[t, i])
-                        copy.write_row((rec.chain_id, t, i, names[t], names[i], a, 100, float(a)))
+                        row = (rec.chain_id, t, i, names[t], names[i], a, 100, float(a))
+                        copy.write_row((*row, min(100, a + 10)))  # correct5 last
         cols = "chain_id, task_index, name, finished_at, seconds"
         with cur.copy(f"COPY tasks ({cols}) FROM STDIN") as copy:
             for rec in recs:

@@ -388,3 +388,47 @@ def test_a_detached_coordinator_uses_the_sweep_files_store(pg_url, tmp_path):
         time.sleep(1)
     assert "error" not in (tmp_path / "runs" / "coordinator.log").read_text()
     assert not (tmp_path / "runs" / "clipcl.sqlite").exists()
+
+
+def test_a_schema_3_root_gains_top5_when_opened(pg_url, tmp_path):
+    """A root an older clipcl created (schema 3: no correct5) is upgraded on open: the column
+    is added, the version becomes 4 and the rows ingested after carry their top-5."""
+    import psycopg
+
+    from clipcl.results.pg import root_schema
+    from clipcl.results.records import RunDir
+    from clipcl.results.rows import ChainRecord
+    from clipcl.results.schema import SCHEMA_VERSION
+    from clipcl.results.store import ResultsStore
+    from clipcl.workers import run_chain
+    from tests.helpers import tiny_spec
+
+    root = tmp_path / "runs"
+    ResultsStore(root, pg_url).close()
+    schema = root_schema(root)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE {schema}.eval_rows DROP COLUMN correct5")
+        conn.execute("UPDATE clipcl.roots SET version = 3")
+    spec = tiny_spec(iterations=2)
+    run = RunDir.of(root, spec.chain_id)
+    run_chain(spec, run.path)
+    with ResultsStore(root, pg_url) as store:
+        store.record_sweep(
+            "s", None, {}, [ChainRecord.from_spec(spec.chain_id, run.read_spec())], {}
+        )
+        store.ingest_root(root)
+        frame = store.eval_rows_frame("s")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        (version,) = conn.execute("SELECT version FROM clipcl.roots").fetchone()
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = 'eval_rows'",
+            (schema,),
+        ).fetchall()
+    assert version == SCHEMA_VERSION == 4 and ("correct5",) in columns
+    rows = {(r.trained_task, r.eval_task): r.correct5 for r in run.read_rows()}
+    got = {
+        (int(a), int(b)): int(c)
+        for a, b, c in frame[["trained_task", "eval_task", "correct5"]].to_numpy()
+    }
+    assert got == rows and all(v is not None for v in rows.values())

@@ -58,7 +58,9 @@ def record(chain_id: str, seed: int = 0, **settings: Any) -> ChainRecord:
 
 def rows_of(store: ResultsStore, chain_id: str) -> list[tuple[Any, ...]]:
     return store._conn.execute(
-        "SELECT * FROM eval_rows WHERE chain_id = ? ORDER BY trained_task, eval_task", (chain_id,)
+        "SELECT chain_id, trained_task, eval_task, trained_name, eval_name, correct, total, top1 "
+        "FROM eval_rows WHERE chain_id = ? ORDER BY trained_task, eval_task",
+        (chain_id,),
     ).fetchall()
 
 
@@ -241,6 +243,7 @@ def test_eval_rows_frame_columns_and_sweep_filter(tmp_path: Path) -> None:
         *("chain_id", "sweep", "method", "benchmark", "protocol", "seed"),
         *("method.grid", "train.lr", "num_tasks", "config"),
         *("trained_task", "trained_name", "eval_task", "eval_name", "correct", "total", "top1"),
+        *("correct5", "top5"),  # issue 20: top-5 beside top-1
     ]
     assert set(frame["sweep"]) == {"lr-sweep"} and len(frame) == 24
     assert frame.loc[0, "train.lr"] == 1e-5 and frame.loc[0, "method.grid"] == "[1, 2]"

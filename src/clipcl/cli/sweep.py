@@ -354,6 +354,9 @@ def results(
         help="Every sweep (a sweep column first): of the run root, or, with a PostgreSQL store "
         "(--store / $CLIPCL_STORE) and no --root, of every root it holds (and a root column).",
     ),
+    top5: bool = typer.Option(
+        False, "--top5", help="Metrics of top-5 accuracy instead of top-1 (rows keep both)."
+    ),
 ) -> None:
     """The paper table: one row per (method, benchmark, settings), mean ± std over seeds."""
     from clipcl.results import load_results
@@ -374,6 +377,8 @@ def results(
         where = f"sweep '{name}' under {root}"
     if df.empty:
         raise ClipclError(f"no evaluation rows for {where}")
+    if top5:
+        df = _top5_rows(df, where)
     if matrix is not None:
         print(matrix_table(df, matrix))
         return
@@ -384,6 +389,17 @@ def results(
             "chains have rows; `clipcl status` shows how far each is)"
         )
     print(render(table, fmt, chaudhry=chaudhry))
+
+
+def _top5_rows(df: Any, where: str) -> Any:
+    """The rows that recorded top-5, with it in place of top-1 (what the tables read)."""
+    known = df["top5"].notna()
+    if not known.any():
+        raise ClipclError(
+            f"no top-5 accuracy in the rows of {where}: they were recorded by a clipcl that "
+            "kept top-1 only (chains run again in a new run root record both)"
+        )
+    return df[known].assign(top1=df["top5"][known], correct=df["correct5"][known])
 
 
 def _every_sweep(sweep: str | None, root: Path | None) -> tuple[Any, str]:

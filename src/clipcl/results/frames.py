@@ -20,7 +20,15 @@ if TYPE_CHECKING:
 __all__ = ["CHAIN_COLUMNS", "ROW_COLUMNS", "eval_rows_frame", "task_seconds_frame"]
 
 # Core columns of eval_rows_frame(); a setting with one of these names is not repeated.
-ROW_COLUMNS = ("trained_task", "trained_name", "eval_task", "eval_name", "correct", "total", "top1")
+ROW_COLUMNS = (
+    "trained_task",
+    "trained_name",
+    "eval_task",
+    "eval_name",
+    "correct",
+    "total",
+    "top1",
+) + ("correct5", "top5")
 CHAIN_COLUMNS = ("chain_id", "sweep", "method", "benchmark", "protocol", "seed")
 _CORE = frozenset((*CHAIN_COLUMNS, *ROW_COLUMNS, "num_tasks", "config"))
 _FIRST_SWEEP = "(SELECT MIN(s.sweep) FROM sweep_chains s WHERE s.chain_id = c.chain_id)"
@@ -28,8 +36,11 @@ _FIRST_SWEEP = "(SELECT MIN(s.sweep) FROM sweep_chains s WHERE s.chain_id = c.ch
 _PACK = "((trained_task + 1) * 2048 + eval_task) * 1099511627776 + correct * 1048576 + total"
 _FITS = (
     "trained_task BETWEEN -1 AND 2046 AND eval_task BETWEEN 0 AND 2047 "
-    "AND correct BETWEEN 0 AND 1048575 AND total BETWEEN 0 AND 1048575"
+    "AND correct BETWEEN 0 AND 1048575 AND total BETWEEN 0 AND 1048575 "
+    "AND (correct5 IS NULL OR correct5 BETWEEN 0 AND 1048575)"
 )
+# The same row's top-5 count as a second int64: the tasks again, then correct5 + 1 (0: NULL).
+_PACK5 = "((trained_task + 1) * 2048 + eval_task) * 2097152 + COALESCE(correct5, -1) + 1"
 
 
 def _flat_settings(text: str) -> dict[str, Any]:
@@ -67,33 +78,43 @@ def _chains_frame(
 def _row_arrays(
     conn: Conn, path: Path | str, sweep: str | None
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Chain ids (sorted), rows per chain and the rows as int64 (n, 4): trained_task,
-    eval_task, correct, total, chain after chain.
+    """Chain ids (sorted), rows per chain and the rows as int64 (n, 5): trained_task,
+    eval_task, correct, total, correct5 (-1: none recorded), chain after chain.
 
-    Each row is packed into one integer inside SQLite (a string per chain instead of a
+    Each row is packed into two integers inside SQLite (a string per chain instead of a
     Python tuple per row: ~5x faster); values too large to pack use plain rows.
     """
     import numpy as np
 
     where, params = sweep_filter(conn, path, sweep, alias="e", check=False)
+    first = concat(conn, f"CASE WHEN {_FITS} THEN {_PACK} END", " ")
+    second = concat(conn, f"CASE WHEN {_FITS} THEN {_PACK5} END", " ")
     got = conn.execute(
-        f"SELECT chain_id, COUNT(*), {concat(conn, f'CASE WHEN {_FITS} THEN {_PACK} END', ' ')} "
+        f"SELECT chain_id, COUNT(*), {first}, {second} "
         f"FROM eval_rows e {where} GROUP BY chain_id ORDER BY chain_id",
         params,
     ).fetchall()
     ids, counts = [r[0] for r in got], np.array([r[1] for r in got], dtype=np.int64)
     packed = np.fromstring(" ".join(r[2] for r in got if r[2]), dtype=np.int64, sep=" ")
-    if len(packed) == counts.sum():
+    packed5 = np.fromstring(" ".join(r[3] for r in got if r[3]), dtype=np.int64, sep=" ")
+    if len(packed) == len(packed5) == counts.sum():
         mask = (1 << 20) - 1
         rest = packed >> 40
-        cols = ((rest >> 11) - 1, rest & 2047, (packed >> 20) & mask, packed & mask)
+        chain = np.repeat(np.arange(len(ids), dtype=np.int64) << 22, counts)
+        order, order5 = chain + rest, chain + (packed5 >> 21)
+        if not np.array_equal(order, order5):  # the aggregates listed a chain's rows apart
+            packed = packed[np.argsort(order, kind="stable")]
+            packed5 = packed5[np.argsort(order5, kind="stable")]
+            rest = packed >> 40
+        correct5 = (packed5 & ((1 << 21) - 1)) - 1
+        cols = ((rest >> 11) - 1, rest & 2047, (packed >> 20) & mask, packed & mask, correct5)
         return ids, counts, np.stack(cols, axis=1)
     rows = conn.execute(
-        "SELECT chain_id, trained_task, eval_task, correct, total FROM eval_rows e "
-        f"{where} ORDER BY chain_id",
+        "SELECT chain_id, trained_task, eval_task, correct, total, COALESCE(correct5, -1) "
+        f"FROM eval_rows e {where} ORDER BY chain_id",
         params,
     ).fetchall()
-    return ids, counts, np.array([r[1:] for r in rows], dtype=np.int64).reshape(-1, 4)
+    return ids, counts, np.array([r[1:] for r in rows], dtype=np.int64).reshape(-1, 5)
 
 
 def eval_rows_frame(conn: Conn, path: Path | str, sweep: str | None = None) -> pd.DataFrame:
@@ -102,7 +123,8 @@ def eval_rows_frame(conn: Conn, path: Path | str, sweep: str | None = None) -> p
     Columns: chain_id, sweep (None for chains of no sweep; the first sweep by name when
     ``sweep`` is None and a chain is in several), method, benchmark, protocol, seed, one
     column per dotted setting, num_tasks, config (hash of the spec without seed),
-    trained_task (-1: zero-shot), trained_name, eval_task, eval_name, correct, total, top1.
+    trained_task (-1: zero-shot), trained_name, eval_task, eval_name, correct, total, top1,
+    correct5, top5 (top-5 count and accuracy; <NA> / NaN in rows recorded without them).
     Rows are sorted by chain, trained task and eval task.
 
     Args:
@@ -128,12 +150,16 @@ def eval_rows_frame(conn: Conn, path: Path | str, sweep: str | None = None) -> p
         for k, name in mapping.items():
             table[i, int(k) + 1] = name
     frame = chains.take(at).reset_index(drop=True)
-    tt, et, correct, total = arr.T
+    tt, et, correct, total, correct5 = arr.T
     frame["trained_task"], frame["trained_name"] = tt, table[at, tt + 1]
     frame["eval_task"], frame["eval_name"] = et, table[at, et + 1]
     frame["correct"], frame["total"] = correct, total
+    known = correct5 >= 0
     with np.errstate(invalid="ignore", divide="ignore"):
         frame["top1"] = np.where(total > 0, 100.0 * correct / total, np.nan)
+        frame["correct5"] = pd.array(np.where(known, correct5, 0), dtype="Int64")
+        frame.loc[~known, "correct5"] = pd.NA
+        frame["top5"] = np.where(known & (total > 0), 100.0 * correct5 / total, np.nan)
     return frame
 
 

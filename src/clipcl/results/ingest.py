@@ -118,13 +118,15 @@ def _put_rows(
         ],
     )
     c.executemany(
-        "INSERT INTO eval_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        "INSERT INTO eval_rows (chain_id, trained_task, eval_task, trained_name, eval_name, "
+        "correct, total, top1, correct5) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (chain_id, trained_task, eval_task) DO UPDATE SET "
         "trained_name = excluded.trained_name, eval_name = excluded.eval_name, "
-        "correct = excluded.correct, total = excluded.total, top1 = excluded.top1",
+        "correct = excluded.correct, total = excluded.total, top1 = excluded.top1, "
+        "correct5 = excluded.correct5",
         [
             (chain_id, r.trained_task, r.eval_task, r.trained_name, r.eval_name)
-            + (r.correct, r.total, r.top1 if r.total else None)
+            + (r.correct, r.total, r.top1 if r.total else None, r.correct5)
             for r in rows
         ],
     )

@@ -178,6 +178,18 @@ def ddl(sqlite_schema: str) -> list[str]:
     return out
 
 
+def added_columns() -> list[str]:
+    """``ALTER TABLE … ADD COLUMN IF NOT EXISTS`` for every column a later schema version added
+    (``schema.ADDED_COLUMNS``), in PostgreSQL's types."""
+    from clipcl.results.schema import ADDED_COLUMNS
+
+    kinds = {"REAL": "DOUBLE PRECISION", "INTEGER": "BIGINT", "TEXT": 'TEXT COLLATE "C"'}
+    return [
+        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kinds[kind]}"
+        for table, column, kind in ADDED_COLUMNS
+    ]
+
+
 class _Cursor:
     """What the store reads from a statement: rows and the row count."""
 
@@ -309,6 +321,8 @@ def connect(url: str, root: Path, sqlite_schema: str, version: int) -> PgConnect
             raw.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             raw.execute(f"SET LOCAL search_path TO {schema}")
             for statement in ddl(sqlite_schema):
+                raw.execute(statement)
+            for statement in added_columns():  # a root an older clipcl created
                 raw.execute(statement)
             raw.execute(
                 f"INSERT INTO {_META}.roots VALUES (%s, %s, %s, %s) ON CONFLICT (schema_name) "

@@ -74,15 +74,28 @@ class EvalRow:
     correct: int
     total: int
     attempt: int | None = None  # the worker attempt that wrote it (None: older records)
+    #: images whose label is among the 5 highest scores (all of them when the classifier has
+    #: 5 classes or fewer); None in records written before top-5 was recorded
+    correct5: int | None = None
 
     @property
     def top1(self) -> float:
         return 100.0 * self.correct / self.total if self.total else float("nan")
 
+    @property
+    def top5(self) -> float:
+        if self.correct5 is None or not self.total:
+            return float("nan")
+        return 100.0 * self.correct5 / self.total
+
     def to_json(self) -> str:
         data = {**asdict(self), "top1": self.top1}
         if self.attempt is None:
             del data["attempt"]
+        if self.correct5 is None:
+            del data["correct5"]
+        else:
+            data["top5"] = self.top5
         return json.dumps(data, sort_keys=True)
 
 

@@ -38,7 +38,8 @@ __all__ = [
 DB_NAME = "clipcl.sqlite"
 STATES = ("new", "queued", "running", "done", "failed", "cancelled")
 BUSY_TIMEOUT_S = 30.0
-SCHEMA_VERSION = 3  # 2: the jobs table (scheduler jobs of each chain); 3: tasks' throughput
+SCHEMA_VERSION = 4  # 2: the jobs table (scheduler jobs of each chain); 3: tasks' throughput;
+# 4: eval rows' top-5 (correct5)
 #: Per-task throughput and where the task ran (schema 3), in the order of the tasks table.
 TASK_RECORD_COLUMNS = (
     ("device", "TEXT"),
@@ -54,6 +55,10 @@ TASK_RECORD_COLUMNS = (
     ("gpu_uuid", "TEXT"),
     ("job_id", "TEXT"),
     ("started_at", "REAL"),
+)
+#: Columns later versions added to a table of an older file, (table, column, SQLite type).
+ADDED_COLUMNS = tuple(("tasks", column, kind) for column, kind in TASK_RECORD_COLUMNS) + (
+    ("eval_rows", "correct5", "INTEGER"),
 )
 SCHEMA_SQL = f"""
 CREATE TABLE IF NOT EXISTS sweeps (
@@ -83,7 +88,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE TABLE IF NOT EXISTS eval_rows (
     chain_id TEXT NOT NULL REFERENCES chains (chain_id) ON DELETE CASCADE,
     trained_task INTEGER NOT NULL, eval_task INTEGER NOT NULL, trained_name TEXT, eval_name TEXT,
-    correct INTEGER NOT NULL, total INTEGER NOT NULL, top1 REAL,
+    correct INTEGER NOT NULL, total INTEGER NOT NULL, top1 REAL, correct5 INTEGER,
     PRIMARY KEY (chain_id, trained_task, eval_task)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS provenance (
     scope TEXT NOT NULL CHECK (scope IN ('sweep', 'chain')), owner TEXT NOT NULL,
@@ -149,8 +154,9 @@ def _migrate(conn: Conn, path: Path) -> None:
     """Create the schema, or bring an older one up to :data:`SCHEMA_VERSION`.
 
     Every statement is ``IF NOT EXISTS``: version 1 files gain the jobs table; the tasks
-    table of version 1 and 2 files gains the throughput columns (``NULL`` until the chain's
-    records are ingested again; records older than those fields stay ``NULL``).
+    table of version 1 and 2 files gains the throughput columns and the eval rows of version
+    1–3 files ``correct5`` (``ADDED_COLUMNS``; ``NULL`` until the chain's records are ingested
+    again; records older than those fields stay ``NULL``).
     """
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
@@ -160,11 +166,10 @@ def _migrate(conn: Conn, path: Path) -> None:
         )
     if version < SCHEMA_VERSION:
         with write(conn) as c:
-            have = {row[1] for row in c.execute("PRAGMA table_info(tasks)")}
-            if have:  # an older file: its tasks table gains the throughput columns
-                for column, kind in TASK_RECORD_COLUMNS:
-                    if column not in have:
-                        c.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
+            for table, column, kind in ADDED_COLUMNS:
+                have = {row[1] for row in c.execute(f"PRAGMA table_info({table})")}
+                if have and column not in have:  # an older file's table
+                    c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             for statement in SCHEMA_SQL.split(";"):
                 c.execute(statement)
 

@@ -60,6 +60,7 @@ FORGETTING_NOTE = (
 CORE_COLUMNS = frozenset(
     ("root", "chain_id", "sweep", "method", "benchmark", "protocol", "seed", "num_tasks", "config")
     + ("trained_task", "trained_name", "eval_task", "eval_name", "correct", "total", "top1")
+    + ("correct5", "top5")
 )
 
 
@@ -215,7 +216,15 @@ def _chain_metrics(df: pd.DataFrame, per_dataset: bool) -> pd.DataFrame:
     return out[complete].reset_index(drop=True)
 
 
-_ROW_ONLY = ("trained_task", "trained_name", "eval_task", "eval_name", "correct", "total", "top1")
+_ROW_ONLY = (
+    "trained_task",
+    "trained_name",
+    "eval_task",
+    "eval_name",
+    "correct",
+    "total",
+    "top1",
+) + ("correct5", "top5")
 
 
 def _scatter_tasks(

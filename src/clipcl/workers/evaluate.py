@@ -36,7 +36,9 @@ def _count_correct(
     batch_size: int,
     precision: Precision,
     num_workers: int,
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
+    """(top-1 correct, total, top-5 correct) of ``task``'s test images; label ``y`` is class
+    ``y + offset`` of ``classifier``'s rows (top-5: among the min(5, C) highest scores)."""
     loader = make_loader(
         task.test,
         batch_size,
@@ -45,14 +47,19 @@ def _count_correct(
         num_workers=num_workers,
         pin_memory=model.device.type == "cuda",
     )
-    correct = total = 0
+    correct = total = correct5 = 0
+    k = min(5, classifier.shape[0])
     for images, labels in loader:
         with autocast(model.device, precision):
             feats = model.encode_image(model.preprocess(images)).float()  # (B, D)
-        pred = (feats @ classifier.t()).argmax(dim=-1).cpu()  # (B,)
-        correct += int((pred == labels + offset).sum())
+        scores = feats @ classifier.t()  # (B, C)
+        pred = scores.argmax(dim=-1).cpu()  # (B,) the first of tied maxima, as always
+        top = scores.topk(k, dim=-1).indices.cpu()  # (B, k)
+        target = labels + offset  # (B,)
+        correct += int((pred == target).sum())
+        correct5 += int((top == target.unsqueeze(1)).any(dim=1).sum())
         total += int(labels.numel())
-    return correct, total
+    return correct, total, correct5
 
 
 @torch.no_grad()
@@ -79,8 +86,17 @@ def evaluate(
     trained_name = "zeroshot" if trained_index == ZEROSHOT else tasks[trained_index].name
     rows: list[EvalRow] = []
 
-    def row(i: int, correct: int, total: int) -> EvalRow:
-        return EvalRow(chain_id, trained_index, trained_name, i, tasks[i].name, correct, total)
+    def row(i: int, correct: int, total: int, correct5: int) -> EvalRow:
+        return EvalRow(
+            chain_id,
+            trained_index,
+            trained_name,
+            i,
+            tasks[i].name,
+            correct,
+            total,
+            correct5=correct5,
+        )
 
     if benchmark.protocol == "til":
         for i, task in enumerate(tasks):
