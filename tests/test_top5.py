@@ -6,6 +6,7 @@ never recorded it). PostgreSQL's upgrade of a schema-3 root is in test_postgres.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -93,10 +94,13 @@ def _old_row(row: EvalRow) -> str:
 
 def test_an_old_schema_3_store_gains_correct5_and_old_rows_have_none(tmp_path: Path) -> None:
     db = tmp_path / "clipcl.sqlite"
-    old = SCHEMA_SQL.replace(" correct5 INTEGER,", "").replace(
-        f"user_version = {SCHEMA_VERSION}", "user_version = 3"
+    # schema 3: no correct5 and no intask_rows table
+    old = re.sub(
+        r"CREATE TABLE IF NOT EXISTS intask_rows \(.*?\) WITHOUT ROWID;", "", SCHEMA_SQL, flags=re.S
     )
-    assert old != SCHEMA_SQL and "correct5" not in old
+    old = old.replace(" correct5 INTEGER,", "")
+    old = old.replace(f"user_version = {SCHEMA_VERSION}", "user_version = 3")
+    assert "correct5" not in old and "intask_rows" not in old
     conn = sqlite3.connect(db)
     conn.executescript(old)
     conn.close()
@@ -114,6 +118,7 @@ def test_an_old_schema_3_store_gains_correct5_and_old_rows_have_none(tmp_path: P
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert "correct5" in {r[1] for r in conn.execute("PRAGMA table_info(eval_rows)")}
+    assert "correct5" in {r[1] for r in conn.execute("PRAGMA table_info(intask_rows)")}
     conn.close()
     assert len(frame) == len(rows) and frame["correct5"].isna().all()
     assert frame["top5"].isna().all() and frame["top1"].notna().all()

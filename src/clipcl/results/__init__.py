@@ -17,7 +17,10 @@ __all__ = ["load_results"]
 
 
 def load_results(
-    root: str | Path | None = None, sweep: str | None = None, store: str | None = None
+    root: str | Path | None = None,
+    sweep: str | None = None,
+    store: str | None = None,
+    in_task: bool = False,
 ) -> pd.DataFrame:
     """Evaluation rows as one DataFrame: of one run root, or of every root a PostgreSQL store
     holds.
@@ -33,6 +36,8 @@ def load_results(
         root: The run root (holding ``chains/``).
         sweep: Only the chains of this sweep.
         store: A PostgreSQL store URL (``postgresql://USER@HOST[:PORT]/DB``).
+        in_task: The root's in-task evaluations instead (``eval.interval_steps``; see
+            ``intask_rows_frame``), which no metric reads.
 
     Returns:
         One row per (chain, trained task, eval task); see ``eval_rows_frame`` for the columns.
@@ -46,6 +51,8 @@ def load_results(
     if root is None:
         if store is None:
             raise ClipclError("load_results needs a run root, or store= a PostgreSQL URL")
+        if in_task:
+            raise ClipclError("load_results(in_task=True) needs a run root")
         from clipcl.results.store import all_rows_frame
 
         return all_rows_frame(store, sweep)
@@ -54,4 +61,4 @@ def load_results(
         raise ClipclError(f"no run root at {root} (expected a directory holding chains/)")
     with ResultsStore(root, store) as the_store:
         the_store.ingest_root()
-        return the_store.eval_rows_frame(sweep)
+        return the_store.intask_rows_frame(sweep) if in_task else the_store.eval_rows_frame(sweep)

@@ -17,7 +17,13 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-__all__ = ["CHAIN_COLUMNS", "ROW_COLUMNS", "eval_rows_frame", "task_seconds_frame"]
+__all__ = [
+    "CHAIN_COLUMNS",
+    "ROW_COLUMNS",
+    "eval_rows_frame",
+    "intask_rows_frame",
+    "task_seconds_frame",
+]
 
 # Core columns of eval_rows_frame(); a setting with one of these names is not repeated.
 ROW_COLUMNS = (
@@ -160,6 +166,40 @@ def eval_rows_frame(conn: Conn, path: Path | str, sweep: str | None = None) -> p
         frame["correct5"] = pd.array(np.where(known, correct5, 0), dtype="Int64")
         frame.loc[~known, "correct5"] = pd.NA
         frame["top5"] = np.where(known & (total > 0), 100.0 * correct5 / total, np.nan)
+    return frame
+
+
+def intask_rows_frame(conn: Conn, path: Path | str, sweep: str | None = None) -> pd.DataFrame:
+    """The in-task evaluations (``eval.interval_steps``), which no metric reads: columns
+    chain_id, method, benchmark, seed, trained_task, trained_name, step, eval_task, eval_name,
+    correct, total, top1, correct5, top5; sorted by chain, task, step and eval task.
+
+    Raises:
+        ClipclError: If ``sweep`` is given and unknown.
+    """
+    import numpy as np
+    import pandas as pd
+
+    where, params = sweep_filter(conn, path, sweep, alias="i")
+    got = conn.execute(
+        "SELECT i.chain_id, c.method, c.benchmark, c.seed, i.trained_task, c.task_names_json, "
+        "i.step, i.eval_task, i.eval_name, i.correct, i.total, i.correct5 FROM intask_rows i "
+        f"JOIN chains c ON c.chain_id = i.chain_id {where} "
+        "ORDER BY i.chain_id, i.trained_task, i.step, i.eval_task",
+        params,
+    ).fetchall()
+    columns = ["chain_id", "method", "benchmark", "seed", "trained_task", "trained_name"]
+    columns += ["step", "eval_task", "eval_name", "correct", "total", "correct5"]
+    rows = [list(r) for r in got]
+    for r in rows:  # the trained task's name from the chain's task names
+        r[5] = json.loads(r[5] or "{}").get(str(r[4]))
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["correct5"] = pd.array(frame["correct5"].tolist(), dtype="Int64")
+    total = frame["total"].to_numpy(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frame["top1"] = np.where(total > 0, 100.0 * frame["correct"] / total, np.nan)
+        c5 = frame["correct5"].to_numpy(np.float64, na_value=np.nan)
+        frame["top5"] = np.where(total > 0, 100.0 * c5 / total, np.nan)
     return frame
 
 

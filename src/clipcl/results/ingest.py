@@ -22,14 +22,16 @@ __all__ = ["ingest_chain", "ingest_root", "signature"]
 
 
 def signature(records: RunDir) -> str:
-    """Changes whenever the chain's state or rows change (atomic replace, append)."""
+    """Changes whenever the chain's state, rows or in-task rows change (atomic replace,
+    append); a chain without in-task rows keeps the signature it had before they existed."""
     parts = []
-    for path in (records.state_path, records.rows_path):
+    for path in (records.state_path, records.rows_path, records.intask_path):
         try:
             st = path.stat()
             parts.append(f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}")
         except FileNotFoundError:
-            parts.append("-")
+            if path != records.intask_path:
+                parts.append("-")
     return "|".join(parts)
 
 
@@ -52,6 +54,7 @@ def ingest_chain(conn: Conn, chain_id: str, run_dir: Path) -> int:
     try:
         state = records.verified_state()  # one snapshot of the finished tasks
         rows = records.read_rows(state)  # a superseded attempt's rows never count
+        intask = records.read_intask_rows()
         known = conn.execute("SELECT 1 FROM chains WHERE chain_id = ?", (chain_id,))
         spec = None if known.fetchone() else json.loads(records.spec_path.read_text())
     except (OSError, ValueError) as exc:
@@ -64,6 +67,7 @@ def ingest_chain(conn: Conn, chain_id: str, run_dir: Path) -> int:
         if spec is not None:
             upsert_chain(c, ChainRecord.from_spec(chain_id, spec), replace=False)
         _put_rows(c, chain_id, completed, rows, done)
+        _put_intask_rows(c, chain_id, intask)
         last = max((v.finished_at or 0 for v in completed.values()), default=0)
         stored = c.execute("SELECT num_tasks FROM chains WHERE chain_id = ?", (chain_id,))
         num_tasks = stored.fetchone()[0]
@@ -147,6 +151,20 @@ def _put_rows(
     c.execute(
         "UPDATE chains SET task_names_json = ? WHERE chain_id = ?",
         (json.dumps(merged, separators=(",", ":")), chain_id),
+    )
+
+
+def _put_intask_rows(c: Conn, chain_id: str, rows: list[EvalRow]) -> None:
+    """The chain's in-task rows become exactly ``rows`` (its records are the truth)."""
+    c.execute("DELETE FROM intask_rows WHERE chain_id = ?", (chain_id,))
+    c.executemany(
+        "INSERT INTO intask_rows (chain_id, trained_task, step, eval_task, eval_name, correct, "
+        "total, correct5) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (chain_id, r.trained_task, r.step, r.eval_task, r.eval_name, r.correct, r.total)
+            + (r.correct5,)
+            for r in rows
+        ],
     )
 
 

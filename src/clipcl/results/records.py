@@ -46,6 +46,7 @@ ZEROSHOT = -1  # ``trained_task`` of the rows measured before the first task
 CHAINS_DIR = "chains"
 SPEC_FILE = "spec.json"
 ROWS_FILE = "rows.jsonl"
+INTASK_FILE = "intask.jsonl"  # evaluations inside a task (eval.interval_steps)
 TRAIN_FILE = "train.jsonl"
 STATE_FILE = "state.json"
 CKPT_DIR = "ckpt"
@@ -77,6 +78,9 @@ class EvalRow:
     #: images whose label is among the 5 highest scores (all of them when the classifier has
     #: 5 classes or fewer); None in records written before top-5 was recorded
     correct5: int | None = None
+    #: an in-task row (``eval.interval_steps``): the steps of ``trained_task`` finished when it
+    #: was taken; None for the rows after a task, the only ones metrics read
+    step: int | None = None
 
     @property
     def top1(self) -> float:
@@ -96,6 +100,8 @@ class EvalRow:
             del data["correct5"]
         else:
             data["top5"] = self.top5
+        if self.step is None:
+            del data["step"]
         return json.dumps(data, sort_keys=True)
 
 
@@ -252,6 +258,7 @@ class RunDir:
         self.run_dir = self.path  # the name older callers use
         self.spec_path = self.path / SPEC_FILE
         self.rows_path = self.path / ROWS_FILE
+        self.intask_path = self.path / INTASK_FILE
         self.train_path = self.path / TRAIN_FILE
         self.state_path = self.path / STATE_FILE
         self.lock_path = self.path / LOCK_FILE
@@ -439,6 +446,43 @@ class RunDir:
                 if wanted is not None and row.attempt != wanted:
                     continue
             latest[(row.trained_task, row.eval_task)] = row
+        return list(latest.values())
+
+    def append_intask_rows(self, rows: list[EvalRow]) -> None:
+        """Append in-task rows (each with its ``step``) durably, fenced like ``append_rows``."""
+        self.guard()
+        if any(r.step is None for r in rows):
+            raise ValueError("an in-task row needs its step")
+        if self.attempt is not None:
+            rows = [r if r.attempt is not None else replace(r, attempt=self.attempt) for r in rows]
+        append_lines_durably(self.intask_path, [r.to_json() for r in rows])
+
+    def read_intask_rows(self) -> list[EvalRow]:
+        """The in-task rows, last write wins per (trained_task, step, eval_task) (a resumed
+        task evaluates its steps after the snapshot again); a torn last line is skipped.
+
+        Raises:
+            CorruptRecords: A line before the last is not an in-task row.
+        """
+        if not self.intask_path.is_file():
+            return []
+        latest: dict[tuple[int, int, int], EvalRow] = {}
+        fields = EvalRow.__dataclass_fields__
+        lines = self.intask_path.read_text(errors="replace").splitlines()
+        for number, line in enumerate(lines, start=1):
+            try:
+                d = json.loads(line)
+                row = EvalRow(**{k: d[k] for k in fields if k in d})
+                if row.step is None:
+                    raise KeyError("step")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                if number == len(lines):
+                    continue
+                raise CorruptRecords(
+                    f"{self.intask_path}: line {number} is not an in-task evaluation row; "
+                    "delete the file to drop the in-task rows (the metrics never read them)"
+                ) from None
+            latest[(row.trained_task, row.step, row.eval_task)] = row
         return list(latest.values())
 
     def problem(self) -> str | None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from clipcl.errors import ClipclError, unknown_name
 from clipcl.results import ingest, pg
-from clipcl.results.frames import eval_rows_frame, task_seconds_frame
+from clipcl.results.frames import eval_rows_frame, intask_rows_frame, task_seconds_frame
 from clipcl.results.location import DIR_ENV, locate, prepare_local, store_path
 from clipcl.results.provenance import collect_provenance, config_hash
 from clipcl.results.rows import ChainDetail, ChainRecord, ChainRow, JobRow, SweepRow
@@ -459,6 +459,15 @@ class ResultsStore:
         """
         return eval_rows_frame(self._conn, self.path, sweep)
 
+    def intask_rows_frame(self, sweep: str | None = None) -> pd.DataFrame:
+        """The in-task evaluations (``eval.interval_steps``); see
+        :func:`clipcl.results.frames.intask_rows_frame`.
+
+        Raises:
+            ClipclError: If ``sweep`` is given and unknown.
+        """
+        return intask_rows_frame(self._conn, self.path, sweep)
+
     def measured_tasks(self) -> list[dict[str, Any]]:
         """Every finished task that recorded its throughput, with its chain's spec (``spec``,
         a dict): the measurements :func:`clipcl.orchestrator.estimate.estimate` uses."""
@@ -522,7 +531,9 @@ def eval_rows_frame_empty() -> pd.DataFrame:
 
 
 #: The tables ``store migrate`` copies, parents first.
-TABLES = ("sweeps", "chains", "sweep_chains", "tasks", "eval_rows", "provenance", "jobs")
+TABLES = ("sweeps", "chains", "sweep_chains", "tasks", "eval_rows", "intask_rows", "provenance") + (
+    "jobs",
+)
 
 
 def migrate_store(root: Path, url: str) -> dict[str, int]:

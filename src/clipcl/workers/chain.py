@@ -24,7 +24,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from clipcl.results.provenance import where_this_runs
 from clipcl.results.records import ZEROSHOT, ChainBusy, RunDir, TaskRecord  # noqa: F401
 from clipcl.workers.evaluate import evaluate
 from clipcl.workers.midtask import SnapshotHook, apply_snapshot, find_snapshot, snapshot_now
-from clipcl.workers.snapshot import TaskSnapshot
+from clipcl.workers.snapshot import TaskSnapshot, capture_rng, restore_rng
 from clipcl.workers.spec import ChainSpec
 from clipcl.workers.stop import Preempted, StopRequest
 from clipcl.workers.train import StepState, train_task
@@ -176,6 +176,30 @@ def _with_curve(curve: TrainLog, hook: SnapshotHook) -> Callable[[StepState], No
     return after_step
 
 
+def _with_in_task_eval(
+    inner: Callable[[StepState], None],
+    every: int,
+    run: Callable[[], list],
+    records: RunDir,
+) -> Callable[[StepState], None]:
+    """The step hook with an in-task evaluation every ``every`` steps (not after the last: the
+    task's own evaluation follows), written before ``inner`` (the snapshot hook) so a snapshot
+    of that step never lacks its rows. Training is unchanged: ``run`` puts every module's
+    train/eval mode back, and every global RNG returns to its state before the evaluation."""
+
+    def after_step(state: StepState) -> None:
+        if state.step % every == 0 and state.step < state.steps:
+            rng = capture_rng()
+            try:
+                rows = run()
+            finally:
+                restore_rng(rng)
+            records.append_intask_rows([replace(r, step=state.step) for r in rows])
+        inner(state)
+
+    return after_step
+
+
 def chain_lock(run_dir: Path, chain_id: str) -> contextlib.AbstractContextManager[None]:
     """The chain's lock (see :meth:`RunDir.lock`)."""
     return RunDir(run_dir).lock(chain_id)
@@ -266,6 +290,30 @@ def _run_locked(
             method=None if index == ZEROSHOT else method,
         )
 
+    def evaluate_in_task(index: int) -> Callable[[], list]:
+        """The in-task evaluation of task ``index`` (``eval.interval_tasks``)."""
+        only = index if spec.eval.interval_tasks == "current" else None
+
+        def run() -> list:
+            modes = {m: m.training for m in model.modules()}  # evaluate() sets eval mode
+            try:
+                return evaluate(
+                    model,
+                    benchmark,
+                    index,
+                    spec.chain_id,
+                    batch_size=spec.eval.batch_size,
+                    precision=spec.train.precision,
+                    num_workers=spec.train.num_workers,
+                    method=method,
+                    only=only,
+                )
+            finally:
+                for module, training in modes.items():
+                    module.training = training
+
+        return run
+
     if not records.load_state().zeroshot_done:
         progress.message("evaluating the pretrained model (zero-shot row)")
         records.append_rows(evaluate_after(ZEROSHOT))
@@ -343,6 +391,11 @@ def _run_locked(
                 k,
                 flush_curve,
             )
+            step_hook = _with_curve(curve, hook)
+            if spec.eval.interval_steps is not None:
+                step_hook = _with_in_task_eval(
+                    step_hook, spec.eval.interval_steps, evaluate_in_task(k), records
+                )
             train_task(
                 model,
                 method,
@@ -351,7 +404,7 @@ def _run_locked(
                 loader,
                 on_step=on_step,
                 resume=resume,
-                after_step=_with_curve(curve, hook),
+                after_step=step_hook,
             )
             flush_curve()
             trained = steps - (resume.step if resume is not None else 0)

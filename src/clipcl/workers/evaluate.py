@@ -73,13 +73,15 @@ def evaluate(
     precision: Precision = "fp32",
     num_workers: int = 0,
     method: Method | None = None,
+    only: int | None = None,
 ) -> list[EvalRow]:
     """Rows for the checkpoint after task ``trained_index`` (``ZEROSHOT`` = before task 1).
 
     ``til``: every task's test images among its own classes.
     ``cil``: the test images of each seen task among all seen classes (the zero-shot pass,
     having seen no task, uses every class of the benchmark). ``method`` supplies classifiers
-    through its ``classifier`` hook (e.g. learned text contexts).
+    through its ``classifier`` hook (e.g. learned text contexts). ``only``: just that
+    task's row (same classifier and protocol as in the full evaluation).
     """
     model.eval()
     tasks = benchmark.tasks
@@ -100,6 +102,8 @@ def evaluate(
 
     if benchmark.protocol == "til":
         for i, task in enumerate(tasks):
+            if only is not None and i != only:
+                continue
             clf = classifier_for(model, task, precision, method)
             rows.append(
                 row(i, *_count_correct(model, task, clf, 0, batch_size, precision, num_workers))
@@ -109,6 +113,9 @@ def evaluate(
     clf = torch.cat([classifier_for(model, t, precision, method) for t in seen])  # (sum C, D)
     offset = 0
     for i, task in enumerate(seen):
+        if only is not None and i != only:
+            offset += task.num_classes
+            continue
         rows.append(
             row(i, *_count_correct(model, task, clf, offset, batch_size, precision, num_workers))
         )

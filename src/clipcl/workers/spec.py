@@ -112,6 +112,8 @@ class TrainConfig(StrictNumbers):
 
 
 #: TrainConfig keys added after release (projection family); omitted from the hash at default.
+#: Eval knobs added after chain ids were published: left out of the id at their defaults.
+LATER_EVAL_KEYS = ("interval_steps", "interval_tasks")
 LATER_TRAIN_KEYS = (
     "lr_first_task",
     "optimizer",
@@ -145,6 +147,17 @@ class EvalConfig(StrictNumbers):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     batch_size: int = Field(256, ge=1, description="Evaluation batch size.")
+    interval_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Also evaluate every N steps inside each task (in-task rows: kept apart,"
+        " never in the metrics); None: only after each task.",
+    )
+    interval_tasks: Literal["current", "all"] = Field(
+        "current",
+        description="What an in-task evaluation covers: the task being trained, or every task"
+        " (class-incremental: the seen ones, among the seen classes).",
+    )
 
 
 @dataclass(frozen=True)
@@ -240,6 +253,9 @@ class ChainSpec(StrictNumbers):
         for key in LATER_TRAIN_KEYS:
             if data["train"].get(key) == _json_default(defaults[key].default):
                 data["train"].pop(key)
+        for key in LATER_EVAL_KEYS:
+            if data["eval"].get(key) == _json_default(EvalConfig.model_fields[key].default):
+                data["eval"].pop(key)
         for key, value in _legacy_method_values(self.method_name).items():
             if key in data["method"] and data["method"][key] == _json_default(value):
                 data["method"].pop(key)
