@@ -94,13 +94,16 @@ def _old_row(row: EvalRow) -> str:
 
 def test_an_old_schema_3_store_gains_correct5_and_old_rows_have_none(tmp_path: Path) -> None:
     db = tmp_path / "clipcl.sqlite"
-    # schema 3: no correct5 and no intask_rows table
+    # schema 3: no correct5, no intask_rows and no heldout_rows table
     old = re.sub(
-        r"CREATE TABLE IF NOT EXISTS intask_rows \(.*?\) WITHOUT ROWID;", "", SCHEMA_SQL, flags=re.S
+        r"CREATE TABLE IF NOT EXISTS (intask|heldout)_rows \(.*?\) WITHOUT ROWID;",
+        "",
+        SCHEMA_SQL,
+        flags=re.S,
     )
     old = old.replace(" correct5 INTEGER,", "")
     old = old.replace(f"user_version = {SCHEMA_VERSION}", "user_version = 3")
-    assert "correct5" not in old and "intask_rows" not in old
+    assert "correct5" not in old and "intask_rows" not in old and "heldout_rows" not in old
     conn = sqlite3.connect(db)
     conn.executescript(old)
     conn.close()
@@ -118,7 +121,8 @@ def test_an_old_schema_3_store_gains_correct5_and_old_rows_have_none(tmp_path: P
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert "correct5" in {r[1] for r in conn.execute("PRAGMA table_info(eval_rows)")}
-    assert "correct5" in {r[1] for r in conn.execute("PRAGMA table_info(intask_rows)")}
+    for table in ("intask_rows", "heldout_rows"):  # created by the upgrade
+        assert "correct5" in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
     conn.close()
     assert len(frame) == len(rows) and frame["correct5"].isna().all()
     assert frame["top5"].isna().all() and frame["top1"].notna().all()

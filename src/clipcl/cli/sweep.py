@@ -42,12 +42,16 @@ def preflight_data(sweep, data_root: str | None, *, refuse: bool) -> bool:
     ``refuse``: raise ``ClipclError`` (nothing is submitted) when anything is missing.
     Returns whether everything is present.
     """
-    from clipcl.data.catalog import BENCHMARK_DATASETS
+    from clipcl.data.catalog import BENCHMARK_DATASETS, real_dataset_name
 
-    needed = sorted({d for b in sweep.benchmarks for d in BENCHMARK_DATASETS.get(b, ())})
+    needed_set = {d for b in sweep.benchmarks for d in BENCHMARK_DATASETS.get(b, ())}
+    for section in [sweep.eval, *(m.eval for m in sweep.methods.values())]:
+        extra = section.get("extra") or []  # held-out sets (names checked at expansion)
+        needed_set |= {real_dataset_name(str(n)) for n in extra}
+    needed = sorted(needed_set)
     if not needed:
         return True
-    real = [b for b in sweep.benchmarks if b in BENCHMARK_DATASETS]
+    real = [b for b in sweep.benchmarks if b in BENCHMARK_DATASETS] or ["eval.extra"]
     if data_root is None and not refuse:
         out.print(f"datasets not checked ({', '.join(needed)}): no --data-root given")
         return False
@@ -363,6 +367,7 @@ def results(
     from clipcl.results.tables import matrix_table, render, summarize
 
     by: tuple[str, ...] = ()
+    heldout = None
     if every:
         df, where = _every_sweep(sweep, root)
         name = None
@@ -374,15 +379,18 @@ def results(
         root = _root_for(sweep, root)
         name, _ = _sweep_name(sweep)
         df = load_results(root, sweep=name)
+        heldout = load_results(root, sweep=name, held_out=True)
         where = f"sweep '{name}' under {root}"
     if df.empty:
         raise ClipclError(f"no evaluation rows for {where}")
     if top5:
         df = _top5_rows(df, where)
+        if heldout is not None:
+            heldout = heldout[heldout["top5"].notna()].assign(top1=heldout["top5"])
     if matrix is not None:
         print(matrix_table(df, matrix))
         return
-    table = summarize(df, per_dataset=per_dataset, by=by)
+    table = summarize(df, per_dataset=per_dataset, by=by, heldout=heldout)
     if table.empty:
         raise ClipclError(
             f"no finished chain in {where} yet ({df['chain_id'].nunique()} "

@@ -54,6 +54,27 @@ BENCHMARK_DATASETS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Every real dataset's name (``clipcl.data.real`` registers exactly these: checked there).
+REAL_DATASETS: tuple[str, ...] = (
+    *("Aircraft", "CIFAR10", "CIFAR100", "Caltech101", "DTD", "DomainNet", "DomainNet200"),
+    *("EuroSAT", "Flowers", "Food", "ImageNet", "ImageNet-R", "MNIST", "OxfordPet", "SUN397"),
+    *("StanfordCars", "TinyImageNet"),
+)
+
+
+def _squash(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def real_dataset_name(name: str) -> str:
+    """The registered spelling of a real dataset's name, also from seed 002's (``ImageNetR``
+    → ``ImageNet-R``: case, '-', '_' and spaces do not matter); ``ClipclError`` if unknown."""
+    by_key = {_squash(n): n for n in REAL_DATASETS}
+    if _squash(name) not in by_key:
+        raise unknown_name("dataset", name, REAL_DATASETS)
+    return by_key[_squash(name)]
+
+
 def _cil_names(num_classes: int, initial: int, increment: int) -> tuple[str, ...]:
     n_tasks = 1 + -(-(num_classes - initial) // increment)
     return tuple(f"task{k + 1:02d}" for k in range(n_tasks))

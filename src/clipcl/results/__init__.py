@@ -21,6 +21,7 @@ def load_results(
     sweep: str | None = None,
     store: str | None = None,
     in_task: bool = False,
+    held_out: bool = False,
 ) -> pd.DataFrame:
     """Evaluation rows as one DataFrame: of one run root, or of every root a PostgreSQL store
     holds.
@@ -38,6 +39,8 @@ def load_results(
         store: A PostgreSQL store URL (``postgresql://USER@HOST[:PORT]/DB``).
         in_task: The root's in-task evaluations instead (``eval.interval_steps``; see
             ``intask_rows_frame``), which no metric reads.
+        held_out: The root's held-out sets' rows instead (``eval.extra``; see
+            ``heldout_rows_frame``).
 
     Returns:
         One row per (chain, trained task, eval task); see ``eval_rows_frame`` for the columns.
@@ -51,8 +54,8 @@ def load_results(
     if root is None:
         if store is None:
             raise ClipclError("load_results needs a run root, or store= a PostgreSQL URL")
-        if in_task:
-            raise ClipclError("load_results(in_task=True) needs a run root")
+        if in_task or held_out:
+            raise ClipclError("load_results(in_task=/held_out=True) needs a run root")
         from clipcl.results.store import all_rows_frame
 
         return all_rows_frame(store, sweep)
@@ -61,4 +64,6 @@ def load_results(
         raise ClipclError(f"no run root at {root} (expected a directory holding chains/)")
     with ResultsStore(root, store) as the_store:
         the_store.ingest_root()
+        if held_out:
+            return the_store.heldout_rows_frame(sweep)
         return the_store.intask_rows_frame(sweep) if in_task else the_store.eval_rows_frame(sweep)

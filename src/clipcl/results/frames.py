@@ -21,6 +21,7 @@ __all__ = [
     "CHAIN_COLUMNS",
     "ROW_COLUMNS",
     "eval_rows_frame",
+    "heldout_rows_frame",
     "intask_rows_frame",
     "task_seconds_frame",
 ]
@@ -166,6 +167,35 @@ def eval_rows_frame(conn: Conn, path: Path | str, sweep: str | None = None) -> p
         frame["correct5"] = pd.array(np.where(known, correct5, 0), dtype="Int64")
         frame.loc[~known, "correct5"] = pd.NA
         frame["top5"] = np.where(known & (total > 0), 100.0 * correct5 / total, np.nan)
+    return frame
+
+
+def heldout_rows_frame(conn: Conn, path: Path | str, sweep: str | None = None) -> pd.DataFrame:
+    """The held-out sets' rows (``eval.extra``), which the matrix never holds: columns
+    chain_id, trained_task (-1: zero-shot), trained_name, eval_task (the set's position in
+    eval.extra), dataset, correct, total, top1, correct5, top5; sorted by chain, task, set.
+
+    Raises:
+        ClipclError: If ``sweep`` is given and unknown.
+    """
+    import numpy as np
+    import pandas as pd
+
+    where, params = sweep_filter(conn, path, sweep, alias="h")
+    got = conn.execute(
+        "SELECT h.chain_id, h.trained_task, h.trained_name, h.eval_task, h.dataset, h.correct, "
+        f"h.total, h.correct5 FROM heldout_rows h {where} "
+        "ORDER BY h.chain_id, h.trained_task, h.eval_task",
+        params,
+    ).fetchall()
+    columns = ["chain_id", "trained_task", "trained_name", "eval_task", "dataset", "correct"]
+    frame = pd.DataFrame([tuple(r) for r in got], columns=[*columns, "total", "correct5"])
+    frame["correct5"] = pd.array(frame["correct5"].tolist(), dtype="Int64")
+    total = frame["total"].to_numpy(np.float64)
+    c5 = frame["correct5"].to_numpy(np.float64, na_value=np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frame["top1"] = np.where(total > 0, 100.0 * frame["correct"] / total, np.nan)
+        frame["top5"] = np.where(total > 0, 100.0 * c5 / total, np.nan)
     return frame
 
 

@@ -22,16 +22,22 @@ __all__ = ["ingest_chain", "ingest_root", "signature"]
 
 
 def signature(records: RunDir) -> str:
-    """Changes whenever the chain's state, rows or in-task rows change (atomic replace,
-    append); a chain without in-task rows keeps the signature it had before they existed."""
+    """Changes whenever the chain's state, rows, in-task or held-out rows change (atomic
+    replace, append); a chain without the later two files keeps the signature it had before
+    they existed."""
     parts = []
-    for path in (records.state_path, records.rows_path, records.intask_path):
+    for path in (records.state_path, records.rows_path):
         try:
             st = path.stat()
             parts.append(f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}")
         except FileNotFoundError:
-            if path != records.intask_path:
-                parts.append("-")
+            parts.append("-")
+    for path in (records.intask_path, records.heldout_path):  # only there when used
+        try:
+            st = path.stat()
+            parts.append(f"{path.name}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}")
+        except FileNotFoundError:
+            pass
     return "|".join(parts)
 
 
@@ -55,6 +61,7 @@ def ingest_chain(conn: Conn, chain_id: str, run_dir: Path) -> int:
         state = records.verified_state()  # one snapshot of the finished tasks
         rows = records.read_rows(state)  # a superseded attempt's rows never count
         intask = records.read_intask_rows()
+        heldout = records.read_heldout_rows(state)
         known = conn.execute("SELECT 1 FROM chains WHERE chain_id = ?", (chain_id,))
         spec = None if known.fetchone() else json.loads(records.spec_path.read_text())
     except (OSError, ValueError) as exc:
@@ -63,11 +70,13 @@ def ingest_chain(conn: Conn, chain_id: str, run_dir: Path) -> int:
     completed = state.completed
     done = set(completed) | ({ZEROSHOT} if state.zeroshot_done else set())
     rows = [r for r in rows if r.trained_task in done]
+    heldout = [r for r in heldout if r.trained_task in done]
     with write(conn) as c:
         if spec is not None:
             upsert_chain(c, ChainRecord.from_spec(chain_id, spec), replace=False)
         _put_rows(c, chain_id, completed, rows, done)
         _put_intask_rows(c, chain_id, intask)
+        _put_heldout_rows(c, chain_id, heldout)
         last = max((v.finished_at or 0 for v in completed.values()), default=0)
         stored = c.execute("SELECT num_tasks FROM chains WHERE chain_id = ?", (chain_id,))
         num_tasks = stored.fetchone()[0]
@@ -163,6 +172,20 @@ def _put_intask_rows(c: Conn, chain_id: str, rows: list[EvalRow]) -> None:
         [
             (chain_id, r.trained_task, r.step, r.eval_task, r.eval_name, r.correct, r.total)
             + (r.correct5,)
+            for r in rows
+        ],
+    )
+
+
+def _put_heldout_rows(c: Conn, chain_id: str, rows: list[EvalRow]) -> None:
+    """The chain's held-out rows become exactly ``rows`` (of finished tasks)."""
+    c.execute("DELETE FROM heldout_rows WHERE chain_id = ?", (chain_id,))
+    c.executemany(
+        "INSERT INTO heldout_rows (chain_id, trained_task, eval_task, trained_name, dataset, "
+        "correct, total, correct5) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (chain_id, r.trained_task, r.eval_task, r.trained_name, r.eval_name, r.correct)
+            + (r.total, r.correct5)
             for r in rows
         ],
     )

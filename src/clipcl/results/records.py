@@ -47,6 +47,7 @@ CHAINS_DIR = "chains"
 SPEC_FILE = "spec.json"
 ROWS_FILE = "rows.jsonl"
 INTASK_FILE = "intask.jsonl"  # evaluations inside a task (eval.interval_steps)
+HELDOUT_FILE = "heldout.jsonl"  # the held-out sets after each task (eval.extra)
 TRAIN_FILE = "train.jsonl"
 STATE_FILE = "state.json"
 CKPT_DIR = "ckpt"
@@ -259,6 +260,7 @@ class RunDir:
         self.spec_path = self.path / SPEC_FILE
         self.rows_path = self.path / ROWS_FILE
         self.intask_path = self.path / INTASK_FILE
+        self.heldout_path = self.path / HELDOUT_FILE
         self.train_path = self.path / TRAIN_FILE
         self.state_path = self.path / STATE_FILE
         self.lock_path = self.path / LOCK_FILE
@@ -425,11 +427,26 @@ class RunDir:
         Raises:
             CorruptRecords: A line before the last is not a row.
         """
-        if not self.rows_path.is_file():
+        return self._read_rows(self.rows_path, state)
+
+    def append_heldout_rows(self, rows: list[EvalRow]) -> None:
+        """Append the held-out sets' rows (``eval.extra``: eval_task = the set's position in
+        it) durably, fenced like ``append_rows``."""
+        self.guard()
+        if self.attempt is not None:
+            rows = [r if r.attempt is not None else replace(r, attempt=self.attempt) for r in rows]
+        append_lines_durably(self.heldout_path, [r.to_json() for r in rows])
+
+    def read_heldout_rows(self, state: ChainState | None = None) -> list[EvalRow]:
+        """The held-out rows, read as :meth:`read_rows` reads the task rows."""
+        return self._read_rows(self.heldout_path, state)
+
+    def _read_rows(self, path: Path, state: ChainState | None) -> list[EvalRow]:
+        if not path.is_file():
             return []
         latest: dict[tuple[int, int], EvalRow] = {}
         fields = EvalRow.__dataclass_fields__
-        lines = self.rows_path.read_text(errors="replace").splitlines()
+        lines = path.read_text(errors="replace").splitlines()
         for number, line in enumerate(lines, start=1):
             try:
                 d = json.loads(line)
@@ -438,7 +455,7 @@ class RunDir:
                 if number == len(lines):
                     continue
                 raise CorruptRecords(
-                    f"{self.rows_path}: line {number} is not an evaluation row; move the "
+                    f"{path}: line {number} is not an evaluation row; move the "
                     "chain directory away to start the chain over"
                 ) from None
             if state is not None:

@@ -39,7 +39,8 @@ DB_NAME = "clipcl.sqlite"
 STATES = ("new", "queued", "running", "done", "failed", "cancelled")
 BUSY_TIMEOUT_S = 30.0
 SCHEMA_VERSION = 4  # 2: the jobs table (scheduler jobs of each chain); 3: tasks' throughput;
-# 4: eval rows' top-5 (correct5) and the in-task rows (intask_rows)
+# 4: eval rows' top-5 (correct5), the in-task rows (intask_rows), the held-out sets' rows
+# (heldout_rows)
 #: Per-task throughput and where the task ran (schema 3), in the order of the tasks table.
 TASK_RECORD_COLUMNS = (
     ("device", "TEXT"),
@@ -95,6 +96,11 @@ CREATE TABLE IF NOT EXISTS intask_rows (
     trained_task INTEGER NOT NULL, step INTEGER NOT NULL, eval_task INTEGER NOT NULL,
     eval_name TEXT, correct INTEGER NOT NULL, total INTEGER NOT NULL, correct5 INTEGER,
     PRIMARY KEY (chain_id, trained_task, step, eval_task)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS heldout_rows (
+    chain_id TEXT NOT NULL REFERENCES chains (chain_id) ON DELETE CASCADE,
+    trained_task INTEGER NOT NULL, eval_task INTEGER NOT NULL, trained_name TEXT,
+    dataset TEXT NOT NULL, correct INTEGER NOT NULL, total INTEGER NOT NULL, correct5 INTEGER,
+    PRIMARY KEY (chain_id, trained_task, eval_task)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS provenance (
     scope TEXT NOT NULL CHECK (scope IN ('sweep', 'chain')), owner TEXT NOT NULL,
     key TEXT NOT NULL, value_json TEXT, PRIMARY KEY (scope, owner, key)) WITHOUT ROWID;

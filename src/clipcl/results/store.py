@@ -27,7 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 from clipcl.errors import ClipclError, unknown_name
 from clipcl.results import ingest, pg
-from clipcl.results.frames import eval_rows_frame, intask_rows_frame, task_seconds_frame
+from clipcl.results.frames import (
+    eval_rows_frame,
+    heldout_rows_frame,
+    intask_rows_frame,
+    task_seconds_frame,
+)
 from clipcl.results.location import DIR_ENV, locate, prepare_local, store_path
 from clipcl.results.provenance import collect_provenance, config_hash
 from clipcl.results.rows import ChainDetail, ChainRecord, ChainRow, JobRow, SweepRow
@@ -459,6 +464,15 @@ class ResultsStore:
         """
         return eval_rows_frame(self._conn, self.path, sweep)
 
+    def heldout_rows_frame(self, sweep: str | None = None) -> pd.DataFrame:
+        """The held-out sets' rows (``eval.extra``); see
+        :func:`clipcl.results.frames.heldout_rows_frame`.
+
+        Raises:
+            ClipclError: If ``sweep`` is given and unknown.
+        """
+        return heldout_rows_frame(self._conn, self.path, sweep)
+
     def intask_rows_frame(self, sweep: str | None = None) -> pd.DataFrame:
         """The in-task evaluations (``eval.interval_steps``); see
         :func:`clipcl.results.frames.intask_rows_frame`.
@@ -531,8 +545,9 @@ def eval_rows_frame_empty() -> pd.DataFrame:
 
 
 #: The tables ``store migrate`` copies, parents first.
-TABLES = ("sweeps", "chains", "sweep_chains", "tasks", "eval_rows", "intask_rows", "provenance") + (
-    "jobs",
+TABLES = (
+    *("sweeps", "chains", "sweep_chains", "tasks", "eval_rows", "intask_rows", "heldout_rows"),
+    *("provenance", "jobs"),
 )
 
 

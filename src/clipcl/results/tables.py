@@ -48,6 +48,7 @@ _LABELS = dict(
     forgetting="Forgetting",
     forgetting_chaudhry="Forgetting (Chaudhry)",
     bwt="BWT",
+    heldout="Held-out",
 )
 #: Said under every text table that has a Forgetting column (one sentence per convention).
 FORGETTING_NOTE = (
@@ -251,7 +252,10 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 
 
 def summarize(
-    df: pd.DataFrame, per_dataset: bool = False, by: tuple[str, ...] = ()
+    df: pd.DataFrame,
+    per_dataset: bool = False,
+    by: tuple[str, ...] = (),
+    heldout: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per (method, benchmark, non-seed settings) with metrics over seeds.
 
@@ -264,6 +268,8 @@ def summarize(
             ``last/<task>`` metrics (transfer of the first task is NaN).
         by: Columns of ``df`` that come first and split the rows too (``results --all``:
             ``sweep``, and ``root`` across roots).
+        heldout: The held-out sets' rows (``heldout_rows_frame``): a ``heldout/<dataset>``
+            metric per set, its accuracy after the chain's last task (``top1`` column).
 
     Returns:
         Columns: the ``by`` columns, method, benchmark, protocol, each setting that has a
@@ -275,6 +281,8 @@ def summarize(
     if "root" in df.columns and df["root"].nunique() > 1:  # one chain id may be in two roots
         df = df.assign(chain_id=df["root"].astype(str) + "\0" + df["chain_id"].astype(str))
     data = _chain_metrics(df, per_dataset)
+    if heldout is not None and len(heldout) and len(data):
+        data = _with_heldout(data, heldout)
     settings = [c for c in df.columns if c not in CORE_COLUMNS and data[c].notna().any()]
     settings = [c for c in settings if c not in by]
     keys = [*by, "method", "benchmark", "protocol", *settings]
@@ -292,6 +300,20 @@ def summarize(
     if len(summary):
         summary = summary.sort_values(order, key=lambda s: s.map(_sort_key), kind="stable")
     return summary.reset_index(drop=True)
+
+
+def _with_heldout(data: pd.DataFrame, heldout: pd.DataFrame) -> pd.DataFrame:
+    """``data`` (a row per chain) with ``heldout/<dataset>``: the set's top-1 after the chain's
+    last task (NaN where that row is missing)."""
+    last = pd.to_numeric(data["num_tasks"]).to_numpy(np.float64, na_value=np.nan) - 1
+    final = dict(zip(data["chain_id"], last, strict=True))
+    at_end = heldout["trained_task"].to_numpy(np.float64) == heldout["chain_id"].map(final)
+    rows = heldout[at_end.to_numpy(bool)]
+    wide = rows.pivot_table(index="chain_id", columns="dataset", values="top1", aggfunc="first")
+    names = list(dict.fromkeys(heldout.sort_values("eval_task")["dataset"]))
+    wide = wide.reindex(columns=[n for n in names if n in wide.columns])
+    wide.columns = [f"heldout/{n}" for n in wide.columns]
+    return data.merge(wide, left_on="chain_id", right_index=True, how="left")
 
 
 def _is_missing(value: Any) -> bool:

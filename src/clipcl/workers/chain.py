@@ -47,7 +47,7 @@ from clipcl.results.curves import TrainLog
 from clipcl.results.metrics import cil_metrics, mtil_metrics
 from clipcl.results.provenance import where_this_runs
 from clipcl.results.records import ZEROSHOT, ChainBusy, RunDir, TaskRecord  # noqa: F401
-from clipcl.workers.evaluate import evaluate
+from clipcl.workers.evaluate import evaluate, evaluate_heldout
 from clipcl.workers.midtask import SnapshotHook, apply_snapshot, find_snapshot, snapshot_now
 from clipcl.workers.snapshot import TaskSnapshot, capture_rng, restore_rng
 from clipcl.workers.spec import ChainSpec
@@ -239,6 +239,11 @@ def run_chain(
     model = build_model(spec.model, dev)
     method = method_class(spec.method_spec.name)(spec.method_spec.config)
     method.check_model(model)
+    heldout: list = []
+    if spec.eval.extra:
+        from clipcl.data.real.benchmarks import load_heldout
+
+        heldout = load_heldout(spec.eval.extra, data_root)
     # only once inputs are known good: bad input writes nothing
     records.place_spec(spec, len(benchmark.tasks))
     with records.lock(spec.chain_id):
@@ -257,6 +262,7 @@ def run_chain(
             data_root,
             stop,
             started_at,
+            heldout,
         )
 
 
@@ -272,6 +278,7 @@ def _run_locked(
     data_root: str | None = None,
     stop: StopRequest | None = None,
     started_at: float | None = None,
+    heldout: list | None = None,
 ) -> ChainResult:
     progress.message(
         f"chain {spec.chain_id}: {spec.method_name} on {spec.benchmark} "
@@ -314,9 +321,28 @@ def _run_locked(
 
         return run
 
+    def heldout_after(index: int) -> None:
+        """The held-out sets' rows after task ``index``, before the task counts as done."""
+        if not heldout:
+            return
+        name = "zeroshot" if index == ZEROSHOT else benchmark.tasks[index].name
+        records.append_heldout_rows(
+            evaluate_heldout(
+                model,
+                heldout,
+                index,
+                name,
+                spec.chain_id,
+                batch_size=spec.eval.batch_size,
+                precision=spec.train.precision,
+                num_workers=spec.train.num_workers,
+            )
+        )
+
     if not records.load_state().zeroshot_done:
         progress.message("evaluating the pretrained model (zero-shot row)")
         records.append_rows(evaluate_after(ZEROSHOT))
+        heldout_after(ZEROSHOT)
         state = records.load_state()
         state.zeroshot_done, state.zeroshot_attempt = True, records.attempt
         records.save_state(state)
@@ -426,6 +452,7 @@ def _run_locked(
         t_eval = time.time()
         rows = evaluate_after(k)
         records.append_rows(rows)
+        heldout_after(k)
         now = time.time()
         done.seconds, done.finished_at = round(now - t0, 3), now
         done.device, done.steps, done.samples = device_name(dev), trained, trained * batch

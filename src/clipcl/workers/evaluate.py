@@ -63,6 +63,45 @@ def _count_correct(
 
 
 @torch.no_grad()
+def evaluate_heldout(
+    model: ClipModel,
+    sets: list[Task],
+    trained_index: int,
+    trained_name: str,
+    chain_id: str,
+    *,
+    batch_size: int = 256,
+    precision: Precision = "fp32",
+    num_workers: int = 0,
+) -> list[EvalRow]:
+    """Rows of the held-out sets (``eval.extra``) for the model after ``trained_index``: each
+    set's test images among its own classes, classified by the template-ensemble embeddings
+    of its class prompts (never a method's classifier or a task's head: the set is no task);
+    ``eval_task`` is the set's position in ``sets``."""
+    model.eval()
+    rows = []
+    for j, task in enumerate(sets):
+        with autocast(model.device, precision):
+            clf = model.class_embeddings(task.class_names, task.templates).float()  # (C, D)
+        correct, total, correct5 = _count_correct(
+            model, task, clf, 0, batch_size, precision, num_workers
+        )
+        rows.append(
+            EvalRow(
+                chain_id,
+                trained_index,
+                trained_name,
+                j,
+                task.name,
+                correct,
+                total,
+                correct5=correct5,
+            )
+        )
+    return rows
+
+
+@torch.no_grad()
 def evaluate(
     model: ClipModel,
     benchmark: Benchmark,

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from clipcl.data import benchmark_info
 from clipcl.errors import ClipclError, did_you_mean
@@ -113,7 +113,7 @@ class TrainConfig(StrictNumbers):
 
 #: TrainConfig keys added after release (projection family); omitted from the hash at default.
 #: Eval knobs added after chain ids were published: left out of the id at their defaults.
-LATER_EVAL_KEYS = ("interval_steps", "interval_tasks")
+LATER_EVAL_KEYS = ("interval_steps", "interval_tasks", "extra")
 LATER_TRAIN_KEYS = (
     "lr_first_task",
     "optimizer",
@@ -153,11 +153,40 @@ class EvalConfig(StrictNumbers):
         description="Also evaluate every N steps inside each task (in-task rows: kept apart,"
         " never in the metrics); None: only after each task.",
     )
+    extra: tuple[str, ...] = Field(
+        (),
+        description="Held-out real datasets (e.g. ImageNet, ImageNet-R) evaluated zero-shot-"
+        "style (their class prompts) after every task and in the zero-shot row, never trained;"
+        " their rows are kept apart from the matrix and shown as Held-out columns.",
+    )
     interval_tasks: Literal["current", "all"] = Field(
         "current",
         description="What an in-task evaluation covers: the task being trained, or every task"
         " (class-incremental: the seen ones, among the seen classes).",
     )
+
+    @field_validator("extra", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        """``--set eval.extra=ImageNet,ImageNet-R`` (and ``extra: ImageNet``): a list."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("extra")
+    @classmethod
+    def _known_datasets(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        from clipcl.data.catalog import real_dataset_name
+
+        out = []
+        for name in names:
+            try:
+                out.append(real_dataset_name(name))
+            except ClipclError as exc:
+                raise ValueError(str(exc)) from None
+        if len(set(out)) != len(out):
+            raise ValueError(f"datasets listed twice: {sorted(out)}")
+        return tuple(out)
 
 
 @dataclass(frozen=True)

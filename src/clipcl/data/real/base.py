@@ -236,7 +236,12 @@ _DATASETS: dict[str, RealDataset] = {}
 
 
 def register_dataset(cls: type[RealDataset]) -> type[RealDataset]:
-    """Class decorator: register one instance under ``cls.name``."""
+    """Class decorator: register one instance under ``cls.name`` (a name the torch-free
+    ``clipcl.data.catalog.REAL_DATASETS`` lists, so held-out sets are checked without torch)."""
+    from clipcl.data.catalog import REAL_DATASETS
+
+    if cls.name not in REAL_DATASETS:
+        raise RuntimeError(f"dataset '{cls.name}' is missing from clipcl.data.catalog")
     _DATASETS[cls.name] = cls()
     return cls
 

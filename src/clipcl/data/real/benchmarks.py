@@ -159,3 +159,36 @@ def _register_cil() -> None:
 
 
 _register_cil()
+
+
+def load_heldout(names: Sequence[str], data_root: str | Path | None) -> list[Task]:
+    """The held-out evaluation sets of ``eval.extra``: each dataset's test split as a task
+    (its class names and templates; never trained, so ``train`` is the test split too).
+
+    Raises:
+        ClipclError: No data root, or a dataset missing or malformed under it (all named).
+    """
+    if not names:
+        return []
+    data_root = data_root or os.environ.get(DATA_ROOT_ENV)
+    if not data_root:
+        raise ClipclError(
+            f"eval.extra ({', '.join(names)}) reads datasets from disk: pass --data-root DIR "
+            f"(or set data_root in the sweep file, or ${DATA_ROOT_ENV}); `clipcl data check "
+            "--root DIR` lists what is there"
+        )
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise ClipclError(f"data root not found: {root} (eval.extra)")
+    bad = [c for c in (get_dataset(n).check(root) for n in names) if c.status != "present"]
+    if bad:
+        what = "; ".join(
+            f"{c.dataset} {c.status}: " + ", ".join(c.missing[:3] or c.problems[:1]) for c in bad
+        )
+        raise ClipclError(f"eval.extra cannot read its data under {root}: {what}")
+    tasks = []
+    for name in names:
+        ds = get_dataset(name)
+        splits = load_splits(ds, root)
+        tasks.append(Task(name, splits.class_names, ds.templates, splits.test, splits.test))
+    return tasks
