@@ -59,6 +59,7 @@ REAL_DATASETS: tuple[str, ...] = (
     *("Aircraft", "CIFAR10", "CIFAR100", "Caltech101", "DTD", "DomainNet", "DomainNet200"),
     *("EuroSAT", "Flowers", "Food", "ImageNet", "ImageNet-R", "MNIST", "OxfordPet", "SUN397"),
     *("StanfordCars", "TinyImageNet"),
+    *("ImageNet-A", "ImageNet-Sketch", "ImageNetV2", "ObjectNet"),  # held-out test sets only
 )
 
 

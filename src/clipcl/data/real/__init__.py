@@ -15,6 +15,7 @@ from clipcl.data.real import (  # noqa: F401
     food,
     imagenet,
     imagenet_r,
+    imagenet_variants,
     mnist,
     pets,
     sun397,
