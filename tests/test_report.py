@@ -366,3 +366,40 @@ def test_report_in_headless_chromium_loads_every_figure_offline(real_report, tmp
     assert found is not None, done.stdout[-2000:] + done.stderr[-2000:]
     seen = json.loads(html.unescape(found[1]))
     assert seen == {"images": 8, "broken": [], "requests": []}, seen
+
+
+def test_in_task_series_are_the_in_task_and_after_task_rows_over_the_chain() -> None:
+    import pandas as pd
+
+    from clipcl.results.figures import intask_series
+
+    intask = pd.DataFrame(
+        [(0, 2, 0, "t0", 40.0), (1, 2, 1, "t1", 30.0)],
+        columns=["trained_task", "step", "eval_task", "eval_name", "top1"],
+    )
+    after = pd.DataFrame(
+        [(-1, 0, "t0", 99.0), (0, 0, "t0", 50.0), (0, 1, "t1", 10.0)]
+        + [(1, 0, "t0", 45.0), (1, 1, "t1", 60.0), (1, 2, "t2", 70.0)],
+        columns=["trained_task", "eval_task", "eval_name", "top1"],
+    )
+    series, starts = intask_series(intask, after, {0: 4, 1: 4})
+    assert series == {"t0": ([2, 4, 8], [40.0, 50.0, 45.0]), "t1": ([4, 6, 8], [10.0, 30.0, 60.0])}
+    assert starts == [4]  # t2 was never evaluated in-task: not drawn; the zero-shot row neither
+
+
+def test_report_draws_in_task_rows_only_where_there_are_some(fake_root, tmp_path) -> None:
+    from clipcl.results.report import write_report
+
+    root, fakes = fake_root
+    plain = write_report(root, "fake", tmp_path / "plain")
+    assert "Accuracy inside tasks" not in plain.index.read_text()
+    chain = fakes[0].rec.chain_id
+    records = RunDir.of(root, chain)
+    rows = [EvalRow(chain, t, f"t{t}", t, f"t{t}", 20 + t, TOTAL, step=2) for t in range(T)]
+    records.append_intask_rows(rows)
+    with ResultsStore(root) as store:
+        store.ingest_root()
+    drawn = write_report(root, "fake", tmp_path / "drawn")
+    assert "Accuracy inside tasks" in drawn.index.read_text()
+    assert [p.name for p in drawn.figures if "-intask-" in p.name] != []
+    assert len(drawn.figures) == len(plain.figures) + 1  # one chain has in-task rows

@@ -234,6 +234,37 @@ def loss_series(
     return series, [at[t] for t in sorted(at)][1:]
 
 
+def intask_series(
+    intask: pd.DataFrame, after: pd.DataFrame, steps: Mapping[int, int]
+) -> tuple[dict[str, tuple[list[int], list[float]]], list[int]]:
+    """One chain's accuracy inside its tasks (``eval.interval_steps``): ``(series, boundaries)``.
+
+    ``series``: each eval task evaluated in-task → (x, top-1), x the step counted from the
+    chain's first step as in :func:`loss_series`; the points are its in-task rows (``intask``:
+    the chain's ``intask_rows_frame`` rows) and its rows after each task (``after``: the chain's
+    ``eval_rows_frame`` rows, at x = the task's end). ``steps``: task → its number of steps;
+    tasks without one are left out. ``boundaries``: the x where each task after the first
+    begins."""
+    at, offset = {}, 0
+    for task in sorted(steps):
+        at[task] = offset
+        offset += steps[task]
+    names = list(dict.fromkeys(intask.sort_values("eval_task")["eval_name"].astype(str)))
+    points: dict[str, list[tuple[int, float]]] = {name: [] for name in names}
+    for r in intask.itertuples(index=False):
+        if r.trained_task in at:
+            points[str(r.eval_name)].append((at[r.trained_task] + int(r.step), float(r.top1)))
+    for r in after.itertuples(index=False):
+        if r.trained_task in at and str(r.eval_name) in points:
+            x = at[r.trained_task] + steps[r.trained_task]
+            points[str(r.eval_name)].append((x, float(r.top1)))
+    series = {}
+    for name, pts in points.items():
+        pts.sort()
+        series[name] = ([x for x, _ in pts], [y for _, y in pts])
+    return series, [at[t] for t in sorted(at)][1:]
+
+
 def cost_per_group(
     df: pd.DataFrame, seconds: pd.DataFrame, gpus: int = 0, cpus: int = 1
 ) -> pd.DataFrame:

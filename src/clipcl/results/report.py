@@ -36,6 +36,7 @@ from clipcl.results.figures import (
     cost_per_group,
     eval_task_lines,
     headline,
+    intask_series,
     loss_series,
     matrix_figures,
 )
@@ -133,7 +134,12 @@ def draw_headline(data: Headline) -> Any:
     return fig
 
 
-def draw_losses(title: str, series: dict[str, tuple[list[int], list[float]]], starts: list[int]):
+def draw_losses(
+    title: str,
+    series: dict[str, tuple[list[int], list[float]]],
+    starts: list[int],
+    ylabel: str = "loss",
+):
     fig = _figure(6, 3.2)
     fig.subplots_adjust(bottom=0.16, top=0.9)
     ax = fig.add_subplot()
@@ -142,7 +148,7 @@ def draw_losses(title: str, series: dict[str, tuple[list[int], list[float]]], st
     for x in starts:
         ax.axvline(x, color="grey", linewidth=0.5, linestyle="--")
     ax.set_xlabel("step (dashed: a new task)")
-    ax.set_ylabel("loss")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
     return fig
@@ -232,7 +238,7 @@ def _check_output(out_dir: Path) -> None:
 
 def _load(
     root: Path, sweep: str
-) -> tuple[pd.DataFrame, pd.DataFrame, list[Any], dict[str, Any], dict[str, Any]]:
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[Any], dict[str, Any], dict[str, Any]]:
     from clipcl.results.store import ResultsStore, store_exists
 
     if not store_exists(root):
@@ -241,11 +247,13 @@ def _load(
         store.check_sweep(sweep)
         store.ingest_root()
         df = store.eval_rows_frame(sweep)
+        intask = store.intask_rows_frame(sweep)
         if df.empty:
             raise ClipclError(f"no evaluation rows for sweep '{sweep}' under {root} yet")
         resources = store.sweep_config(sweep).get("resources") or {}
         return (
             df,
+            intask,
             store.task_seconds_frame(sweep),
             store.chain_progress(sweep),
             store.provenance("sweep", sweep),
@@ -260,7 +268,7 @@ def write_report(root: Path, sweep: str, out_dir: Path) -> ReportResult:
         ClipclError: No store under ``root``, an unknown sweep, no evaluation rows, or an
         output folder that cannot be written (checked before anything is written there).
     """
-    df, seconds, progress, prov, resources = _load(root, sweep)
+    df, intask, seconds, progress, prov, resources = _load(root, sweep)
     _check_output(out_dir)
     finished = sum(1 for c in progress if c.state == "done")
     page = _Page(out_dir)
@@ -278,6 +286,8 @@ def write_report(root: Path, sweep: str, out_dir: Path) -> ReportResult:
     groups = matrix_figures(df)
     _matrix_section(page, groups)
     _loss_section(page, root, groups)
+    if not intask.empty:
+        _intask_section(page, root, groups, intask, df)
     _cost_section(page, df, seconds, prov, resources)
     index = out_dir / INDEX
     body = page.finish()
@@ -330,6 +340,39 @@ def _loss_section(page: _Page, root: Path, groups: list[MatrixFigure]) -> None:
         drawn += 1
     if not drawn:
         page.text("<p>No training curves (train.jsonl) were recorded for these chains.</p>")
+
+
+def _intask_section(
+    page: _Page, root: Path, groups: list[MatrixFigure], intask: pd.DataFrame, df: pd.DataFrame
+) -> None:
+    """Accuracy inside tasks (``eval.interval_steps``), one chain per group (its lowest seed
+    with in-task rows); no metric reads these rows."""
+    page.text(
+        "<h2>Accuracy inside tasks (eval.interval_steps; one chain per group, its lowest seed)</h2>"
+    )
+    for data in groups:
+        chain_id = next((c for c in data.chain_ids if (intask["chain_id"] == c).any()), None)
+        if chain_id is None:
+            continue
+        try:
+            points = read_points(RunDir.of(root, chain_id).train_path)
+        except (CorruptRecords, OSError):
+            points = []
+        steps = {p.task: p.steps for p in points}
+        mine = intask[intask["chain_id"] == chain_id]
+        if not steps:  # no training curve: the last in-task step + 1 stands in for the length
+            steps = {int(t): int(g["step"].max()) + 1 for t, g in mine.groupby("trained_task")}
+        series, starts = intask_series(mine, df[df["chain_id"] == chain_id], steps)
+        title = f"{data.benchmark}: {data.label}, chain {chain_id}"
+        page.figure(
+            f"intask-{data.benchmark}-{data.label}",
+            title,
+            draw_losses,
+            title,
+            series,
+            starts,
+            "top-1 %",
+        )
 
 
 def _shown(key: str, value: Any) -> str:
