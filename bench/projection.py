@@ -32,6 +32,7 @@ from clipcl.workers.spec import TrainConfig
 from clipcl.workers.train import make_loader, train_task
 
 METHODS = ("gpm", "nsp2", "pgp", "dmnsp")
+PEAK: dict[tuple[str, bool], float] = {}  # (method, project) → peak GiB on CUDA
 
 
 def synthetic_benchmark(size: int, images: int, classes: int, tasks: int = 2) -> Benchmark:
@@ -50,7 +51,11 @@ def synthetic_benchmark(size: int, images: int, classes: int, tasks: int = 2) ->
 def measure(
     name: str, project: bool, args: argparse.Namespace, bench: Benchmark, device: torch.device
 ) -> tuple[float, float]:
-    """(median step seconds on task 1, seconds of after_task on task 0) for one configuration."""
+    """(median step seconds on task 1, seconds of after_task on task 0) for one configuration;
+    on CUDA its peak memory is kept in ``PEAK`` (GiB)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch=args.arch, pretrained="none"), device)
     method = create_method(name, {} if project else {"project": False})
@@ -79,6 +84,8 @@ def measure(
         model, method, ctx1, cfg, loader1, on_step=lambda *_: stamps.append(time.perf_counter())
     )
     steps = [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)]
+    if device.type == "cuda":
+        PEAK[(name, project)] = torch.cuda.max_memory_allocated(device) / 2**30
     return statistics.median(steps[1:] if len(steps) > 1 else steps), build
 
 
@@ -113,6 +120,12 @@ def main() -> None:
             f"{build:23.2f} / {build_plain:6.2f}",
             flush=True,
         )
+        if (name, True) in PEAK:
+            print(
+                f"{'':8} peak memory {PEAK[(name, False)]:.2f} GiB plain, "
+                f"{PEAK[(name, True)]:.2f} GiB projected",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
