@@ -168,7 +168,8 @@ def test_an_older_store_gains_the_throughput_columns(tmp_path: Path) -> None:
     assert {"device", "steps", "samples", "train_seconds", "eval_samples"} <= set(columns)
     assert "startup_seconds" in columns
     assert conn.execute("SELECT seconds, device FROM tasks").fetchall() == [(2.5, None)]
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    # issue 20 moved the store to schema 4 (top-5, in-task and held-out rows)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 @pytest.mark.slow

@@ -204,3 +204,21 @@ def test_extra_loss_runs_inside_the_forward_autocast(precision: str, expected: b
     )
     train_task(model, method, ctx, cfg, loader)
     assert method.autocast == [expected, expected]
+
+
+def test_cuda_fast_paths_are_keys_that_leave_cpu_runs_and_ids_alone() -> None:
+    """Issue 19: ``train.tf32`` and ``train.fused_optimizer`` (both on by default) act on CUDA
+    only: on the CPU the optimizer is torch's default loop, and old chain ids stay."""
+    cfg = TrainConfig()
+    assert cfg.tf32 is True and cfg.fused_optimizer is True
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    for name in ("adamw", "adam"):
+        opt = make_optimizer(params, TrainConfig(optimizer=name), 1e-3)
+        assert not opt.defaults.get("fused"), name  # CPU parameters: never fused
+    spec = tiny_spec()
+    data = spec.model_dump(mode="json")
+    same = ChainSpec.build({**data, "train": {**data["train"], "tf32": True}})
+    assert same.chain_id == spec.chain_id
+    for key in ("tf32", "fused_optimizer"):
+        other = ChainSpec.build({**data, "train": {**data["train"], key: False}})
+        assert other.chain_id != spec.chain_id, key

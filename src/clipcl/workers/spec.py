@@ -73,6 +73,16 @@ class TrainConfig(StrictNumbers):
     grad_clip_norm: float | None = Field(None, gt=0, description="Clip the gradient norm.")
     precision: Precision = Field("fp32", description="Compute precision (autocast); weights fp32.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    tf32: bool = Field(
+        True,
+        description="CUDA: fp32 matmuls and convolutions on TF32 tensor cores (inputs rounded to"
+        " a 10-bit mantissa); false: full fp32. No effect on the CPU.",
+    )
+    fused_optimizer: bool = Field(
+        True,
+        description="CUDA: torch's fused AdamW / Adam kernel (one launch for every parameter)"
+        " instead of the per-tensor loop. No effect on the CPU.",
+    )
 
     def lr_for(self, task_index: int, task_name: str) -> float:
         """Peak learning rate of a task: ``lr_per_task`` > ``lr_first_task`` (task 0) > ``lr``."""
@@ -122,6 +132,8 @@ LATER_TRAIN_KEYS = (
     "lr_milestones",
     "lr_gamma",
     "weight_decay_first_task",
+    "tf32",
+    "fused_optimizer",
 )
 
 

@@ -72,13 +72,25 @@ def make_optimizer(
     weight_decay: float | None = None,
 ):
     """The task's optimizer: ``adamw`` (decoupled decay), ``adam`` (L2 inside Adam) or ``sgd``;
-    ``weight_decay`` None = ``cfg.weight_decay``."""
+    ``weight_decay`` None = ``cfg.weight_decay``. Adam(W) uses torch's fused kernel when
+    ``cfg.fused_optimizer`` and every parameter is on a CUDA device (the CPU keeps the default
+    implementation, so CPU results do not change)."""
     wd = cfg.weight_decay if weight_decay is None else weight_decay
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd)
+    fused = cfg.fused_optimizer and bool(params) and all(p.is_cuda for p in params)
+    kernel = True if fused else None  # None: torch's default (the per-tensor loop here)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=kernel)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=kernel)
+
+
+def set_tf32(device: torch.device, enabled: bool) -> None:
+    """TF32 for fp32 matmuls and convolutions on ``device`` when it is CUDA (``train.tf32``);
+    nothing on the CPU."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
 
 
 def lr_at(cfg: TrainConfig, step: int, base_lr: float, steps: int) -> float:
@@ -131,6 +143,7 @@ def train_task(
     base_lr = cfg.lr_for(ctx.index, task.name)
     optimizer = make_optimizer(params, cfg, base_lr, cfg.weight_decay_for(ctx.index))
     device = model.device
+    set_tf32(device, cfg.tf32)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16" and device.type == "cuda")
 
     head = model.head(task.name)
