@@ -60,6 +60,25 @@ def cil_context(index: int, task: Task | None = None) -> TaskContext:
     return TaskContext(index=index, task=task or bench.tasks[index], benchmark=bench, seed=0)
 
 
+def run_task(method: Method, ctx: TaskContext, cfg: Any) -> None:
+    """before_task → ``train_task`` → after_task of one task, as the chain does (a loader of
+    the task's training set shuffled by the task's index; ``cfg``: a ``TrainConfig``)."""
+    from clipcl.workers.train import make_loader, train_task
+
+    assert method.model is not None
+    loader = make_loader(
+        ctx.task.train,
+        cfg.batch_size,
+        shuffle=True,
+        seed=ctx.index,
+        num_workers=0,
+        pin_memory=False,
+    )
+    method.before_task(ctx)
+    train_task(method.model, method, ctx, cfg, loader)
+    method.after_task(ctx, loader)
+
+
 def smoke_spec(seed: int = 0, iterations: int = 10) -> ChainSpec:
     """A finetune chain of the tiny CLIP on ``smoke`` with the benchmark's other defaults."""
     return ChainSpec.build(

@@ -24,7 +24,7 @@ from clipcl.results.records import RunDir
 from clipcl.workers import ChainSpec
 from clipcl.workers.spec import TrainConfig
 from clipcl.workers.train import make_loader, train_task
-from tests.helpers import cil_context, gpm_chain_spec, method_on, tiny_model, tiny_spec
+from tests.helpers import cil_context, gpm_chain_spec, method_on, run_task, tiny_model, tiny_spec
 
 PREFIX = "visual.transformer.resblocks"
 
@@ -43,18 +43,7 @@ def _train(**kw: Any) -> TrainConfig:
 
 def _run_task(method: GPM, ctx: TaskContext, cfg: TrainConfig) -> None:
     """before_task → train → after_task, as the chain does."""
-    assert method.model is not None
-    loader = make_loader(
-        ctx.task.train,
-        cfg.batch_size,
-        shuffle=True,
-        seed=ctx.index,
-        num_workers=0,
-        pin_memory=False,
-    )
-    method.before_task(ctx)
-    train_task(method.model, method, ctx, cfg, loader)
-    method.after_task(ctx, loader)
+    run_task(method, ctx, cfg)
 
 
 _ctx = cil_context

@@ -19,8 +19,7 @@ from clipcl.methods.ogd import OGD, block_weight, sample_steps
 from clipcl.methods.projection import extend_basis, gradient_basis, relative_component
 from clipcl.models import ClipModel
 from clipcl.workers.spec import TrainConfig
-from clipcl.workers.train import make_loader, train_task
-from tests.helpers import cil_context, method_on, tiny_model, tiny_spec
+from tests.helpers import cil_context, method_on, run_task, tiny_model, tiny_spec
 
 
 def _ogd(model: ClipModel, **cfg: Any) -> OGD:
@@ -39,18 +38,7 @@ def _ctx(index: int, steps: int | None) -> TaskContext:
 
 def _run_task(method, ctx: TaskContext, cfg: TrainConfig) -> None:
     """before_task → train → after_task, as the chain does."""
-    assert method.model is not None
-    loader = make_loader(
-        ctx.task.train,
-        cfg.batch_size,
-        shuffle=True,
-        seed=ctx.index,
-        num_workers=0,
-        pin_memory=False,
-    )
-    method.before_task(ctx)
-    train_task(method.model, method, ctx, cfg, loader)
-    method.after_task(ctx, loader)
+    run_task(method, ctx, cfg)
 
 
 def _orthonormal(u: torch.Tensor, atol: float = 1e-10) -> bool:

@@ -28,14 +28,9 @@ __all__ = [
 
 # Core columns of eval_rows_frame(); a setting with one of these names is not repeated.
 ROW_COLUMNS = (
-    "trained_task",
-    "trained_name",
-    "eval_task",
-    "eval_name",
-    "correct",
-    "total",
-    "top1",
-) + ("correct5", "top5")
+    *("trained_task", "trained_name", "eval_task", "eval_name", "correct", "total", "top1"),
+    *("correct5", "top5"),
+)
 CHAIN_COLUMNS = ("chain_id", "sweep", "method", "benchmark", "protocol", "seed")
 _CORE = frozenset((*CHAIN_COLUMNS, *ROW_COLUMNS, "num_tasks", "config"))
 _FIRST_SWEEP = "(SELECT MIN(s.sweep) FROM sweep_chains s WHERE s.chain_id = c.chain_id)"

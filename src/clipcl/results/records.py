@@ -414,10 +414,14 @@ class RunDir:
     # ----- rows -----
     def append_rows(self, rows: list[EvalRow]) -> None:
         """Append rows durably; inside an attempt they carry its number (and are fenced)."""
+        self._append(self.rows_path, rows)
+
+    def _append(self, path: Path, rows: list[EvalRow]) -> None:
+        """Append ``rows`` to ``path`` durably, each with this attempt's number (fenced)."""
         self.guard()
         if self.attempt is not None:
             rows = [r if r.attempt is not None else replace(r, attempt=self.attempt) for r in rows]
-        append_lines_durably(self.rows_path, [r.to_json() for r in rows])
+        append_lines_durably(path, [r.to_json() for r in rows])
 
     def read_rows(self, state: ChainState | None = None) -> list[EvalRow]:
         """All rows, last write wins per (trained_task, eval_task); a torn last line (a crash
@@ -432,10 +436,7 @@ class RunDir:
     def append_heldout_rows(self, rows: list[EvalRow]) -> None:
         """Append the held-out sets' rows (``eval.extra``: eval_task = the set's position in
         it) durably, fenced like ``append_rows``."""
-        self.guard()
-        if self.attempt is not None:
-            rows = [r if r.attempt is not None else replace(r, attempt=self.attempt) for r in rows]
-        append_lines_durably(self.heldout_path, [r.to_json() for r in rows])
+        self._append(self.heldout_path, rows)
 
     def read_heldout_rows(self, state: ChainState | None = None) -> list[EvalRow]:
         """The held-out rows, read as :meth:`read_rows` reads the task rows."""
@@ -467,12 +468,9 @@ class RunDir:
 
     def append_intask_rows(self, rows: list[EvalRow]) -> None:
         """Append in-task rows (each with its ``step``) durably, fenced like ``append_rows``."""
-        self.guard()
         if any(r.step is None for r in rows):
             raise ValueError("an in-task row needs its step")
-        if self.attempt is not None:
-            rows = [r if r.attempt is not None else replace(r, attempt=self.attempt) for r in rows]
-        append_lines_durably(self.intask_path, [r.to_json() for r in rows])
+        self._append(self.intask_path, rows)
 
     def read_intask_rows(self) -> list[EvalRow]:
         """The in-task rows, last write wins per (trained_task, step, eval_task) (a resumed

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from clipcl.errors import ClipclError, unknown_name
+from clipcl.results.frames import ROW_COLUMNS
 
 __all__ = [
     "FORGETTING_NOTE",
@@ -60,8 +61,7 @@ FORGETTING_NOTE = (
 #: Columns that are not settings (everything else in the frame is a setting).
 CORE_COLUMNS = frozenset(
     ("root", "chain_id", "sweep", "method", "benchmark", "protocol", "seed", "num_tasks", "config")
-    + ("trained_task", "trained_name", "eval_task", "eval_name", "correct", "total", "top1")
-    + ("correct5", "top5")
+    + ROW_COLUMNS
 )
 
 
@@ -217,15 +217,7 @@ def _chain_metrics(df: pd.DataFrame, per_dataset: bool) -> pd.DataFrame:
     return out[complete].reset_index(drop=True)
 
 
-_ROW_ONLY = (
-    "trained_task",
-    "trained_name",
-    "eval_task",
-    "eval_name",
-    "correct",
-    "total",
-    "top1",
-) + ("correct5", "top5")
+_ROW_ONLY = ROW_COLUMNS
 
 
 def _scatter_tasks(

@@ -285,17 +285,15 @@ def _run_locked(
         f"(seed {spec.seed}) → {records.path}"
     )
 
+    how: dict[str, Any] = {  # every evaluation of the chain runs so
+        "batch_size": spec.eval.batch_size,
+        "precision": spec.train.precision,
+        "num_workers": spec.train.num_workers,
+    }
+
     def evaluate_after(index: int) -> list:
-        return evaluate(
-            model,
-            benchmark,
-            index,
-            spec.chain_id,
-            batch_size=spec.eval.batch_size,
-            precision=spec.train.precision,
-            num_workers=spec.train.num_workers,
-            method=None if index == ZEROSHOT else method,
-        )
+        chain_method = None if index == ZEROSHOT else method
+        return evaluate(model, benchmark, index, spec.chain_id, method=chain_method, **how)
 
     def evaluate_in_task(index: int) -> Callable[[], list]:
         """The in-task evaluation of task ``index`` (``eval.interval_tasks``)."""
@@ -305,15 +303,7 @@ def _run_locked(
             modes = {m: m.training for m in model.modules()}  # evaluate() sets eval mode
             try:
                 return evaluate(
-                    model,
-                    benchmark,
-                    index,
-                    spec.chain_id,
-                    batch_size=spec.eval.batch_size,
-                    precision=spec.train.precision,
-                    num_workers=spec.train.num_workers,
-                    method=method,
-                    only=only,
+                    model, benchmark, index, spec.chain_id, method=method, only=only, **how
                 )
             finally:
                 for module, training in modes.items():
@@ -326,18 +316,8 @@ def _run_locked(
         if not heldout:
             return
         name = "zeroshot" if index == ZEROSHOT else benchmark.tasks[index].name
-        records.append_heldout_rows(
-            evaluate_heldout(
-                model,
-                heldout,
-                index,
-                name,
-                spec.chain_id,
-                batch_size=spec.eval.batch_size,
-                precision=spec.train.precision,
-                num_workers=spec.train.num_workers,
-            )
-        )
+        rows = evaluate_heldout(model, heldout, index, name, spec.chain_id, **how)
+        records.append_heldout_rows(rows)
 
     if not records.load_state().zeroshot_done:
         progress.message("evaluating the pretrained model (zero-shot row)")
