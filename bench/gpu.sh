@@ -19,7 +19,7 @@ if [[ "${1:-}" == "--cpu" ]]; then
   ZSCL=(--arch tiny --batch 4 --captions 200 --steps 2)
 else
   DEV=cuda
-  MFU=(--arch ViT-B-16)
+  MFU=(--arch ViT-B-16 --compile)
   PROJ=(--arch ViT-B-16 --batch 64 --steps 6 --images 128)
   ZSCL=(--arch ViT-B-16 --batch 64 --captions 15000 --steps 3)
 fi

@@ -4,7 +4,14 @@ throughput, per compute precision.
 Training: the worker's real loop (``train_task``) with ``finetune`` (``train_mode: image``, the
 image tower trains against fixed class embeddings, as most CL methods here do), AdamW, autocast at
 the precision, on random uint8 images at the model's input size; timed after ``--warmup``
-untimed steps, CUDA synchronised (the loop's per-step ``float(loss)`` already waits for the GPU).
+untimed steps, CUDA synchronised at the two marks only (the loop itself reads the loss back
+every ``SYNC_EVERY_CUDA`` steps), so the timed steps queue on the GPU as in a chain. With
+``--compile`` each precision is also run with ``train.compile: true`` (its warm-up steps
+absorb the compile); where compiling fails the row says so.
+
+The attention kernel: the aten operator a training forward of the image tower runs for its
+attention (recorded by a ``TorchDispatchMode``): a ``_scaled_dot_product_*`` name (flash,
+efficient, cudnn, or the CPU's flash) means PyTorch's fused kernel, ``_softmax`` the explicit path.
 
 FLOPs are counted from the model, not assumed: ``torch.utils.flop_counter.FlopCounterMode``
 around one real training step (forward, loss, backward; the optimizer's element-wise update is
@@ -23,14 +30,18 @@ the figures of this run.
 
     python bench/mfu.py [--arch ViT-B-16] [--device cuda|cpu] [--batch N] [--steps N]
                         [--precisions fp32,bf16] [--eval-batch N] [--eval-images N]
+                        [--compile]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import time
+import warnings
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from clipcl.data import Benchmark, Task, TensorImageDataset
 from clipcl.methods import TaskContext, create_method
@@ -88,6 +99,31 @@ def flops_per_image(model, method, ctx, task, batch: int, precision: str) -> flo
     return counter.get_total_flops() / batch
 
 
+class _Ops(TorchDispatchMode):
+    """Counts the aten operators run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def attention_kernels(model, batch: int, precision: str) -> str:
+    """The attention operators of one training forward of the image tower."""
+    from clipcl.models import autocast
+
+    images = torch.randint(0, 256, (batch, 3, model.image_size, model.image_size))
+    model.train()
+    with _Ops() as rec, autocast(model.device, precision):
+        model.encode_image(model.preprocess(images.to(torch.uint8)))
+    model.eval()
+    found = {op: n for op, n in rec.ops.items() if "scaled_dot_product" in op or "softmax" in op}
+    return ", ".join(f"{op} x{n}" for op, n in sorted(found.items())) or "none found"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--arch", default="ViT-B-16")
@@ -99,6 +135,7 @@ def main() -> None:
     ap.add_argument("--eval-batch", type=int, default=None, help="default: 512 CUDA, 32 CPU")
     ap.add_argument("--eval-images", type=int, default=None, help="default: 4096 CUDA, 64 CPU")
     ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--compile", action="store_true", help="also each precision compiled")
     args = ap.parse_args()
     device = pick_device(args.device)
     cuda = device.type == "cuda"
@@ -122,33 +159,51 @@ def main() -> None:
             print(f"{precision:>9}  skipped: no bf16 autocast on this CPU")
             continue
         per_image = flops_per_image(model, method, ctx, task, batch, precision)
-        loader = make_loader(
-            task.train, batch, shuffle=True, seed=0, num_workers=0, pin_memory=cuda
-        )
-        cfg = TrainConfig(
-            iterations=args.warmup + steps, batch_size=batch, warmup_steps=0, precision=precision
-        )
-        marks: dict[int, float] = {}
+        for compiled in (False, True) if args.compile else (False,):
+            label = f"{precision}+c" if compiled else precision
+            loader = make_loader(
+                task.train, batch, shuffle=True, seed=0, num_workers=0, pin_memory=cuda
+            )
+            cfg = TrainConfig(
+                iterations=args.warmup + steps,
+                batch_size=batch,
+                warmup_steps=0,
+                precision=precision,
+                compile=compiled,
+            )
+            marks: dict[int, float] = {}
+            first, last = args.warmup, args.warmup + steps
 
-        def on_step(step: int, total: int, loss: float, marks=marks) -> None:
+            def after_step(state, marks=marks, first=first, last=last) -> None:
+                if state.step in (first, last):
+                    _sync(device)
+                    marks[state.step] = time.perf_counter()
+
             _sync(device)
-            marks[step] = time.perf_counter()
-
-        _sync(device)
-        marks[0] = time.perf_counter()  # --warmup 0: the first step is timed too
-        train_task(model, method, ctx, cfg, loader, on_step=on_step)
-        seconds = marks[args.warmup + steps] - marks[args.warmup]
-        ips = steps * batch / seconds
-        achieved = ips * per_image / 1e12
-        peak = peak_tflops(device, precision, args.peak_tflops)
-        mfu = f"{100 * achieved / peak:5.1f}%" if peak else "  n/a"
-        print(f"{precision:>9} {ips:9.1f} {per_image / 1e9:10.2f} {achieved:8.2f} {mfu:>6}")
-    print("compile: n/a (train.compile is not built yet)")
+            marks[0] = time.perf_counter()  # --warmup 0: the first step is timed too
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", RuntimeWarning)
+                train_task(model, method, ctx, cfg, loader, after_step=after_step)
+            fell_back = [w for w in caught if "train.compile" in str(w.message)]
+            if fell_back:
+                print(f"{label:>9}  compile failed, ran eager: {fell_back[0].message}")
+                continue
+            ips = steps * batch / (marks[last] - marks[first])
+            achieved = ips * per_image / 1e12
+            peak = peak_tflops(device, precision, args.peak_tflops)
+            mfu = f"{100 * achieved / peak:5.1f}%" if peak else "  n/a"
+            print(f"{label:>9} {ips:9.1f} {per_image / 1e9:10.2f} {achieved:8.2f} {mfu:>6}")
+    if args.compile:
+        print("(+c: train.compile true)")
+    for precision in args.precisions.split(","):
+        if precision == "bf16" and not cuda and not _cpu_bf16():
+            continue
+        print(f"attention kernel ({precision}): {attention_kernels(model, 2, precision)}")
 
     eval_task, eval_bench = _task(model.image_size, eval_images)
     _sync(device)
     t0 = time.perf_counter()
-    rows = evaluate(model, eval_bench, 0, "bench", batch_size=eval_batch)
+    rows = evaluate(model, eval_bench, 0, "bench", batch_size=eval_batch)  # one read per task
     _sync(device)
     seconds = time.perf_counter() - t0
     print(f"evaluation: {rows[0].total / seconds:.1f} images/s (batch {eval_batch}, fp32)")

@@ -80,9 +80,13 @@ def measure(
     method.before_task(ctx1)
     stamps: list[float] = []
     start = time.perf_counter()
-    train_task(
-        model, method, ctx1, cfg, loader1, on_step=lambda *_: stamps.append(time.perf_counter())
-    )
+
+    def after_step(_state) -> None:  # each step synchronised, to clock it on its own
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stamps.append(time.perf_counter())
+
+    train_task(model, method, ctx1, cfg, loader1, after_step=after_step)
     steps = [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)]
     if device.type == "cuda":
         PEAK[(name, project)] = torch.cuda.max_memory_allocated(device) / 2**30

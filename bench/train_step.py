@@ -10,7 +10,7 @@ on CUDA, the gradient scaler. Each step includes fetching a batch of uint8 image
 Models are built with ``clipcl.models.build_model`` and random initialisation (``pretrained=None``,
 nothing is downloaded); the images are random uint8 tensors already at the model's input size.
 Per (model, precision): one ``train_task`` call of ``--warmup`` + ``--steps`` iterations; the
-clock (``time.perf_counter``, CUDA synchronised) is read in ``train_task``'s ``on_step`` callback
+clock (``time.perf_counter``, CUDA synchronised) is read in ``train_task``'s ``after_step`` hook
 after the last warm-up step and after the last step, so the timed window holds only steady-state
 steps. The untimed warm-up absorbs the per-call set-up (AdamW creation, its lazily allocated state
 on the first step) and first-use kernel/allocator costs; with ``--warmup 0`` they are timed too.
@@ -218,10 +218,11 @@ def bench_model(
         log(f"[{model_name}] {p}: warm-up {warmup} step(s), then {steps} timed step(s) x {batch}")
         marks: dict[int, float] = {}
 
-        def on_step(step: int, total: int, loss: float, marks=marks) -> None:
-            # train_task has already synchronised (float(loss)); make sure on CUDA anyway.
+        def after_step(state, marks=marks) -> None:
+            # Synchronised after every step (train_task reads the loss back only every
+            # SYNC_EVERY_CUDA steps on CUDA), so each step is clocked on its own.
             sync(device)
-            marks[step] = time.perf_counter()
+            marks[state.step] = time.perf_counter()
 
         cfg = TrainConfig(iterations=warmup + steps, batch_size=batch, warmup_steps=0, precision=p)
         try:
@@ -229,7 +230,7 @@ def bench_model(
                 torch.cuda.reset_peak_memory_stats(device)
             sync(device)
             marks[0] = time.perf_counter()
-            train_task(model, method, ctx, cfg, loader, on_step=on_step)
+            train_task(model, method, ctx, cfg, loader, after_step=after_step)
             sync(device)
             call_seconds = time.perf_counter() - marks[0]
             seconds = marks[warmup + steps] - marks[warmup]

@@ -27,6 +27,8 @@ def test_gpu_check_runs_on_the_cpu_and_prints_each_section() -> None:
     ips, gflop = (float(v) for v in fp32.split()[1:3])
     assert ips > 0 and gflop > 0  # FLOPs were counted from the model
     assert "evaluation:" in out and "images/s" in out
+    kernel = next(ln for ln in lines if ln.startswith("attention kernel (fp32)"))
+    assert "scaled_dot_product" in kernel and "softmax" not in kernel, kernel
     for method in ("gpm", "nsp2", "pgp", "dmnsp"):
         assert any(ln.startswith(method) for ln in lines), method
     assert "ratio recomputed / cached" in out

@@ -93,3 +93,21 @@ def test_projected_updates_stay_off_the_bases_under_bf16(method: str, device: st
         if float(delta.norm()) > 0:
             worst = max(worst, relative_component(delta, basis.double()))
     assert bases and worst <= 1e-5
+
+
+def test_cuda_reads_the_loss_back_in_batches_and_compiles() -> None:
+    """On CUDA the loss is read back every SYNC_EVERY_CUDA steps (and after the last), and
+    ``train.compile`` (inductor) trains without falling back, to the eager losses."""
+    import warnings
+
+    from clipcl.workers import train as train_mod
+    from tests.test_gpu_path import _run
+
+    every = train_mod.SYNC_EVERY_CUDA
+    seen: list[int] = []
+    eager = _run(steps=every + 3, device="cuda", on_step=lambda s, n, loss: seen.append(s))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a compile fallback fails the test
+        compiled = _run(steps=every + 3, device="cuda", compile=True)
+    assert seen == [every, every + 3]
+    assert compiled == pytest.approx(eager, rel=1e-2)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,22 +137,41 @@ class TrainLog:
             before = [p for p in read_points(path) if p.task == task and p.step <= first_step]
             self.offset_s = before[-1].seconds if before else 0.0
         self._t0 = time.monotonic()
-        self._pending: list[str] = []
+        self._pending: list[tuple[int, Any, float, float, dict[str, Any]]] = []
         append_lines_durably(path, [json.dumps({"start": first_step, "task": task})])
 
     def due(self, step: int) -> bool:
         """Whether a point is taken after ``step`` (1-based steps finished)."""
         return step % self.every == 0 or step == self.steps
 
-    def record(self, step: int, loss: float, lr: float, terms: dict[str, Any]) -> None:
-        """Keep the point of ``step`` (the caller checks :meth:`due` first)."""
+    def record(self, step: int, loss: Any, lr: float, terms: Mapping[str, Any]) -> None:
+        """Keep the point of ``step`` (the caller checks :meth:`due` first). The loss and the
+        terms may be device tensors: they are read back to the host, all in one transfer,
+        when the points are flushed (so taking a point never waits for a GPU)."""
         seconds = self.offset_s + time.monotonic() - self._t0
-        clean = {k: float(v) for k, v in terms.items() if v is not None}
-        point = TrainPoint(self.task, step, self.steps, float(loss), float(lr), seconds, clean)
-        self._pending.append(point.to_json())
+        kept = {k: v for k, v in terms.items() if v is not None}
+        self._pending.append((step, loss, float(lr), seconds, kept))
 
     def flush(self) -> None:
         """Append the kept points durably (nothing to do when there are none)."""
-        if self._pending:
-            append_lines_durably(self.path, self._pending)
-            self._pending = []
+        if not self._pending:
+            return
+        values = [p[1] for p in self._pending] + [v for p in self._pending for v in p[4].values()]
+        tensors = [v for v in values if hasattr(v, "detach")]
+        read: dict[int, float] = {}
+        if tensors:
+            import torch  # here: reading curves needs no torch
+
+            host = torch.stack([t.detach().float().reshape(()) for t in tensors]).cpu().tolist()
+            read = {id(t): v for t, v in zip(tensors, host, strict=True)}
+
+        def value(v: Any) -> float:
+            return read[id(v)] if hasattr(v, "detach") else float(v)
+
+        lines = []
+        for step, loss, lr, seconds, terms in self._pending:
+            clean = {k: value(v) for k, v in terms.items()}
+            point = TrainPoint(self.task, step, self.steps, value(loss), lr, seconds, clean)
+            lines.append(point.to_json())
+        append_lines_durably(self.path, lines)
+        self._pending = []

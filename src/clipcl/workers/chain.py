@@ -168,9 +168,8 @@ def _with_curve(curve: TrainLog, hook: SnapshotHook) -> Callable[[StepState], No
     """The step hook: the training curve's point when due, then the snapshot hook."""
 
     def after_step(state: StepState) -> None:
-        if curve.due(state.step):
-            terms = {name: float(value) for name, value in state.terms.items()}
-            curve.record(state.step, state.loss, state.lr, terms)
+        if curve.due(state.step):  # tensors: read back to the host when the curve is flushed
+            curve.record(state.step, state.loss_tensor, state.lr, state.terms)
         hook(state)
 
     return after_step
@@ -285,10 +284,14 @@ def _run_locked(
         f"(seed {spec.seed}) → {records.path}"
     )
 
+    # Auto loader workers follow the job's CPU threads (set from its cpus by every backend).
+    workers = spec.train.workers_on(dev.type, torch.get_num_threads())
+    if workers != (spec.train.num_workers or 0):
+        progress.message(f"{workers} loader worker(s) (train.num_workers: auto on {dev.type})")
     how: dict[str, Any] = {  # every evaluation of the chain runs so
-        "batch_size": spec.eval.batch_size,
+        "batch_size": spec.eval.batch_on(dev.type),
         "precision": spec.train.precision,
-        "num_workers": spec.train.num_workers,
+        "num_workers": workers,
     }
 
     def evaluate_after(index: int) -> list:
@@ -352,7 +355,7 @@ def _run_locked(
             spec.train.batch_size,
             shuffle=True,
             seed=derived,
-            num_workers=spec.train.num_workers,
+            num_workers=workers,
             pin_memory=dev.type == "cuda",
         )
         ctx = TaskContext(

@@ -47,18 +47,21 @@ def _count_correct(
         num_workers=num_workers,
         pin_memory=model.device.type == "cuda",
     )
-    correct = total = correct5 = 0
+    device = model.device
+    hits = torch.zeros(2, dtype=torch.long, device=device)  # (top-1, top-5) on the device
+    total = 0
     k = min(5, classifier.shape[0])
     for images, labels in loader:
-        with autocast(model.device, precision):
+        with autocast(device, precision):
             feats = model.encode_image(model.preprocess(images)).float()  # (B, D)
         scores = feats @ classifier.t()  # (B, C)
-        pred = scores.argmax(dim=-1).cpu()  # (B,) the first of tied maxima, as always
-        top = scores.topk(k, dim=-1).indices.cpu()  # (B, k)
-        target = labels + offset  # (B,)
-        correct += int((pred == target).sum())
-        correct5 += int((top == target.unsqueeze(1)).any(dim=1).sum())
+        target = labels.to(device, non_blocking=True) + offset  # (B,)
+        pred = scores.argmax(dim=-1)  # (B,) the first of tied maxima, as always
+        top = scores.topk(k, dim=-1).indices  # (B, k)
+        hits[0] += (pred == target).sum()
+        hits[1] += (top == target.unsqueeze(1)).any(dim=1).sum()
         total += int(labels.numel())
+    correct, correct5 = hits.tolist()  # the task's one read back to the host
     return correct, total, correct5
 
 

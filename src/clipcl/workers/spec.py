@@ -72,7 +72,13 @@ class TrainConfig(StrictNumbers):
     label_smoothing: float = Field(0.2, ge=0, lt=1, description="Cross-entropy label smoothing.")
     grad_clip_norm: float | None = Field(None, gt=0, description="Clip the gradient norm.")
     precision: Precision = Field("fp32", description="Compute precision (autocast); weights fp32.")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader worker processes; null (auto): on CUDA min(8, the job's CPU"
+        " threads - 1), on the CPU 0 (the cores train). The count changes no result: auto is"
+        " hashed into the chain id as 0, the former default.",
+    )
     tf32: bool = Field(
         True,
         description="CUDA: fp32 matmuls and convolutions on TF32 tensor cores (inputs rounded to"
@@ -83,6 +89,19 @@ class TrainConfig(StrictNumbers):
         description="CUDA: torch's fused AdamW / Adam kernel (one launch for every parameter)"
         " instead of the per-tensor loop. No effect on the CPU.",
     )
+    compile: bool = Field(
+        False,
+        description="Train through torch.compile'd image encoding (kernels fused; the first"
+        " steps compile, minutes for ViT-B-16). Where compiling fails (a hook it cannot trace,"
+        " no compiler) the task trains on without it, with a warning.",
+    )
+
+    def workers_on(self, device_type: str, threads: int) -> int:
+        """Loader workers on ``device_type`` ("cuda", "cpu") for a job of ``threads`` CPU
+        threads: ``num_workers`` when set, else the auto count."""
+        if self.num_workers is not None:
+            return self.num_workers
+        return min(8, max(0, threads - 1)) if device_type == "cuda" else 0
 
     def lr_for(self, task_index: int, task_name: str) -> float:
         """Peak learning rate of a task: ``lr_per_task`` > ``lr_first_task`` (task 0) > ``lr``."""
@@ -134,11 +153,15 @@ LATER_TRAIN_KEYS = (
     "weight_decay_first_task",
     "tf32",
     "fused_optimizer",
+    "compile",
 )
 
 
 #: ChainSpec keys that change how a chain runs, never its results: not hashed into the id.
 RUN_TIME_KEYS = ("checkpoint_every_min",)
+#: Keys whose null (auto) value is resolved where the chain runs: hashed as the fixed default
+#: they replaced, so chain ids published before the auto value stay.
+AUTO_KEYS = {"train": {"num_workers": 0}, "eval": {"batch_size": 256}}
 
 
 def _legacy_method_values(name: str) -> dict[str, Any]:
@@ -158,7 +181,13 @@ class EvalConfig(StrictNumbers):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    batch_size: int = Field(256, ge=1, description="Evaluation batch size.")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluation batch size; null (auto): 1024 on CUDA, 256 on the CPU. It"
+        " changes no count (up to float rounding): auto is hashed into the chain id as 256, the"
+        " former default.",
+    )
     interval_steps: int | None = Field(
         None,
         ge=1,
@@ -176,6 +205,12 @@ class EvalConfig(StrictNumbers):
         description="What an in-task evaluation covers: the task being trained, or every task"
         " (class-incremental: the seen ones, among the seen classes).",
     )
+
+    def batch_on(self, device_type: str) -> int:
+        """The evaluation batch on ``device_type``: ``batch_size`` when set, else auto."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return 1024 if device_type == "cuda" else 256
 
     @field_validator("extra", mode="before")
     @classmethod
@@ -290,6 +325,10 @@ class ChainSpec(StrictNumbers):
         data = self.model_dump(mode="json")
         for key in RUN_TIME_KEYS:
             data.pop(key, None)
+        for section, keys in AUTO_KEYS.items():
+            for key, legacy in keys.items():
+                if data[section].get(key) is None:
+                    data[section][key] = legacy
         defaults = TrainConfig.model_fields
         for key in LATER_TRAIN_KEYS:
             if data["train"].get(key) == _json_default(defaults[key].default):

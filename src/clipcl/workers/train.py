@@ -7,6 +7,7 @@ to a hook after every step (:class:`StepState`), which snapshots it when due.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,21 +46,69 @@ class TrainResume:
     recent: list[float] = field(default_factory=list)
 
 
+#: Steps between reads of the loss back to the host on CUDA (progress, the NaN check, the mean
+#: of the last 10): one transfer of the queued losses, so the host never waits for the GPU inside
+#: a step. The CPU reads every step (it costs nothing there), so its behaviour is unchanged.
+SYNC_EVERY_CUDA = 32
+SYNC_EVERY_CPU = 1
+
+
+class _Losses:
+    """The steps' losses, read back to the host in batches: on each read every queued loss is
+    checked (a non-finite one raises, naming its step) and the last 10 are kept."""
+
+    def __init__(self, task: str, recent: list[float]) -> None:
+        self.task = task
+        self.recent = list(recent)
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (0-based step, 0-d loss tensor)
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.pending.append((step, loss))
+
+    def read(self) -> float:
+        """Read the queued losses (one host transfer); return the newest."""
+        if self.pending:
+            values = torch.stack([t for _, t in self.pending]).float().cpu().tolist()
+            for (step, _), value in zip(self.pending, values, strict=True):
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"loss became {value} at step {step} of task {self.task}"
+                    )
+            self.pending = []
+            self.recent = (self.recent + values)[-10:]
+        return self.recent[-1] if self.recent else float("nan")
+
+
 @dataclass
 class StepState:
-    """The loop's state after a step, for the step hook (a snapshot is made of it)."""
+    """The loop's state after a step, for the step hook (a snapshot is made of it).
+
+    The step's loss and its terms stay on the device until read: :attr:`loss` and
+    :attr:`recent` read them (a GPU sync), ``loss_tensor`` and ``terms`` do not."""
 
     step: int  # steps finished
     steps: int
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    recent: list[float]
-    loss: float = float("nan")  # the step's total loss
+    losses: _Losses
+    loss_tensor: torch.Tensor  # the step's total loss (0-d, detached)
     lr: float = float("nan")  # the step's learning rate
     #: The step's loss terms, as tensors (read only when wanted: each read may sync a GPU):
     #: "ce" the cross-entropy, "extra" the method's extra loss (absent when it has none) and
     #: the method's named terms (``Method.extra_loss_terms``, e.g. ZSCL's "l2" and "distill").
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def loss(self) -> float:
+        """The step's total loss (a host read)."""
+        return float(self.loss_tensor)
+
+    @property
+    def recent(self) -> list[float]:
+        """The losses of the last 10 steps up to this one (reads every queued loss; raises
+        ``FloatingPointError`` if one is not finite)."""
+        self.losses.read()
+        return list(self.losses.recent)
 
 
 StepHook = Callable[[StepState], None]
@@ -83,6 +132,38 @@ def make_optimizer(
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=kernel)
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=kernel)
+
+
+#: The torch.compile backend of ``train.compile`` (tests trace with "aot_eager": no C compiler).
+COMPILE_BACKEND = "inductor"
+
+
+class ImageEncoder:
+    """``model.encode_image``, through ``torch.compile`` when ``enabled``; the first failure
+    of the compiled function (dynamo cannot trace a hook, inductor has no compiler, ...) warns
+    once and every later call runs eagerly. The model's modules are not wrapped, so its state
+    dict and its hooks are the eager ones."""
+
+    def __init__(self, model: ClipModel, enabled: bool) -> None:
+        self.model = model
+        self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
+        if enabled:
+            self.compiled = torch.compile(model.encode_image, backend=COMPILE_BACKEND)
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(pixels)
+            except Exception as exc:  # noqa: BLE001 (any compile failure: fall back)
+                self.compiled = None
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                warnings.warn(
+                    f"train.compile: torch.compile failed ({type(exc).__name__}: {first});"
+                    " training on without it",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return self.model.encode_image(pixels)
 
 
 def set_tf32(device: torch.device, enabled: bool) -> None:
@@ -146,19 +227,22 @@ def train_task(
     set_tf32(device, cfg.tf32)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16" and device.type == "cuda")
 
+    encode_image = ImageEncoder(model, cfg.compile)
     head = model.head(task.name)
     text_trainable = model.text_tower_trainable()
     fixed_text: torch.Tensor | None = None  # frozen text embeddings, computed once when used
 
     model.train()
-    recent: list[float] = []
     first = 0
+    recent: list[float] = []
     if resume is not None:
         optimizer.load_state_dict(resume.optimizer)
         if scaler.is_enabled() and resume.scaler:
             scaler.load_state_dict(resume.scaler)
         first, recent = resume.step, list(resume.recent)
         restore_rng(resume.rng)  # last: nothing below draws before the step does
+    losses = _Losses(task.name, recent)
+    sync_every = SYNC_EVERY_CUDA if device.type == "cuda" else SYNC_EVERY_CPU
     batches = cycle(loader, start=first)
     for step in range(first, steps):
         lr = lr_at(cfg, step, base_lr, steps)
@@ -167,7 +251,7 @@ def train_task(
         images, labels = next(batches)
         labels = labels.to(device, non_blocking=True)  # (B,)
         with autocast(device, cfg.precision):
-            feats = model.encode_image(model.preprocess(images))  # (B, D)
+            feats = encode_image(model.preprocess(images))  # (B, D)
             method_clf = method.classifier(task, training=True)
             if method_clf is not None:
                 classifier = method_clf  # (C, D)
@@ -201,13 +285,14 @@ def train_task(
         scaler.step(optimizer)
         scaler.update()
         method.after_step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {step} of task {task.name}")
-        recent = (recent + [value])[-10:]
-        if on_step is not None:
-            on_step(step + 1, steps, value)
+        loss = loss.detach()
+        losses.add(step, loss)
+        if (step + 1 - first) % sync_every == 0 or step + 1 == steps:
+            value = losses.read()
+            if on_step is not None:
+                on_step(step + 1, steps, value)
         if after_step is not None:
-            after_step(StepState(step + 1, steps, optimizer, scaler, recent, value, lr, terms))
+            after_step(StepState(step + 1, steps, optimizer, scaler, losses, loss, lr, terms))
     model.eval()
-    return sum(recent) / len(recent) if recent else float("nan")
+    losses.read()
+    return sum(losses.recent) / len(losses.recent) if losses.recent else float("nan")
