@@ -36,16 +36,15 @@ the figures of this run.
 from __future__ import annotations
 
 import argparse
-import collections
 import time
 import warnings
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from clipcl.data import Benchmark, Task, TensorImageDataset
 from clipcl.methods import TaskContext, create_method
 from clipcl.models import ModelConfig, build_model, pick_device
+from clipcl.models.kernels import OpCounter
 from clipcl.workers.evaluate import evaluate
 from clipcl.workers.spec import TrainConfig
 from clipcl.workers.train import make_loader, train_task
@@ -99,28 +98,16 @@ def flops_per_image(model, method, ctx, task, batch: int, precision: str) -> flo
     return counter.get_total_flops() / batch
 
 
-class _Ops(TorchDispatchMode):
-    """Counts the aten operators run inside it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: collections.Counter[str] = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func)] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def attention_kernels(model, batch: int, precision: str) -> str:
     """The attention operators of one training forward of the image tower."""
     from clipcl.models import autocast
 
     images = torch.randint(0, 256, (batch, 3, model.image_size, model.image_size))
     model.train()
-    with _Ops() as rec, autocast(model.device, precision):
+    with OpCounter() as rec, autocast(model.device, precision):
         model.encode_image(model.preprocess(images.to(torch.uint8)))
     model.eval()
-    found = {op: n for op, n in rec.ops.items() if "scaled_dot_product" in op or "softmax" in op}
+    found = rec.attention()
     return ", ".join(f"{op} x{n}" for op, n in sorted(found.items())) or "none found"
 
 

@@ -6,16 +6,15 @@ values of ``train.num_workers`` and ``eval.batch_size`` (which keep chain ids)."
 
 from __future__ import annotations
 
-import collections
 import json
 import warnings
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from clipcl.data import get_benchmark
 from clipcl.methods import Method, TaskContext, create_method
+from clipcl.models.kernels import OpCounter
 from clipcl.results.curves import TrainLog, read_points
 from clipcl.workers import train as train_mod
 from clipcl.workers.spec import ChainSpec, EvalConfig, TrainConfig
@@ -141,16 +140,6 @@ def test_compile_falls_back_with_a_warning(monkeypatch) -> None:
     assert fallback == eager
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: collections.Counter[str] = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func)] += 1
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize(
     ("name", "knobs"),
     [
@@ -170,7 +159,7 @@ def test_training_attention_runs_the_fused_kernel(name: str, knobs: dict) -> Non
     method.setup(model)
     model.train()
     images = torch.randint(0, 256, (4, 3, model.image_size, model.image_size), dtype=torch.uint8)
-    with _Ops() as rec:
+    with OpCounter() as rec:
         feats = model.encode_image(model.preprocess(images))
         text = model.encode_text(model.tokenize(["a photo of a cat.", "a photo of a dog."]))
         loss = feats.sum() + text.sum()
