@@ -22,8 +22,10 @@ demo: $(STAMP)
 	$(BIN)/clipcl results sweeps/demo.yaml
 	$(BIN)/clipcl report sweeps/demo.yaml
 
+# The suite in two pytest processes at once: the Slurm and cluster tests, which mostly wait on their
+# clusters' clocks, beside the CPU-bound rest (scripts/run-tests.sh says why and how).
 test: $(STAMP) slurm-up browser-up cluster-tools netfs-tools postgres-up
-	$(BIN)/python -m pytest
+	bash scripts/run-tests.sh $(BIN)/python
 
 # A real single-node Slurm for the integration tests, when this user can start one (root); in CI
 # (CI=true) failing to start it fails the build.
