@@ -153,3 +153,22 @@ def test_submit_refuses_a_sweep_whose_held_out_set_is_missing(tmp_path, data_roo
     assert res.returncode == 2 and "TinyImageNet" in res.stdout + res.stderr
     assert "nothing was submitted" in res.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_submit_without_a_data_root_names_eval_extra_not_a_benchmark(tmp_path, monkeypatch) -> None:
+    """Only the held-out sets read from disk: the refusal names eval.extra and its sets, and
+    does not offer `clipcl data check --benchmark eval.extra` (no such benchmark)."""
+    from clipcl.data.catalog import DATA_ROOT_ENV
+
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(
+        "name: s\nroot: runs\nbenchmarks: [smoke]\nmethods: {zeroshot: {}}\n"
+        "eval: {extra: [TinyImageNet, ImageNet-R]}\n"
+    )
+    res = clipcl_inprocess("submit", sweep)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stdout + res.stderr
+    assert "eval.extra (ImageNet-R, TinyImageNet) reads datasets from disk" in lines[0], lines[0]
+    assert "--data-root" in lines[0] and "benchmark" not in lines[0], lines[0]
+    assert not (tmp_path / "runs").exists()

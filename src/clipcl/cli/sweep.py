@@ -45,21 +45,27 @@ def preflight_data(sweep, data_root: str | None, *, refuse: bool) -> bool:
     from clipcl.data.catalog import BENCHMARK_DATASETS, real_dataset_name
 
     needed_set = {d for b in sweep.benchmarks for d in BENCHMARK_DATASETS.get(b, ())}
+    heldout: set[str] = set()
     for section in [sweep.eval, *(m.eval for m in sweep.methods.values())]:
         extra = section.get("extra") or []  # held-out sets (names checked at expansion)
-        needed_set |= {real_dataset_name(str(n)) for n in extra}
-    needed = sorted(needed_set)
+        heldout |= {real_dataset_name(str(n)) for n in extra}
+    needed = sorted(needed_set | heldout)
     if not needed:
         return True
-    real = [b for b in sweep.benchmarks if b in BENCHMARK_DATASETS] or ["eval.extra"]
     if data_root is None and not refuse:
         out.print(f"datasets not checked ({', '.join(needed)}): no --data-root given")
         return False
     from clipcl.cli.data import report_checks  # the dataset readers (torch): only to check
     from clipcl.data.real import get_dataset
-    from clipcl.data.real.benchmarks import resolve_data_root
+    from clipcl.data.real.benchmarks import heldout_data_root, resolve_data_root
 
-    root = resolve_data_root(data_root, real[0])
+    real = [b for b in sweep.benchmarks if b in BENCHMARK_DATASETS]
+    # the error for a missing root names what reads from disk: a benchmark, else eval.extra
+    root = (
+        resolve_data_root(data_root, real[0])
+        if real
+        else heldout_data_root(data_root, sorted(heldout))
+    )
     ok = report_checks([get_dataset(n).check(root) for n in needed], root)
     if not ok and refuse:
         raise ClipclError(

@@ -161,15 +161,9 @@ def _register_cil() -> None:
 _register_cil()
 
 
-def load_heldout(names: Sequence[str], data_root: str | Path | None) -> list[Task]:
-    """The held-out evaluation sets of ``eval.extra``: each dataset's test split as a task
-    (its class names and templates; never trained, so ``train`` is the test split too).
-
-    Raises:
-        ClipclError: No data root, or a dataset missing or malformed under it (all named).
-    """
-    if not names:
-        return []
+def heldout_data_root(data_root: str | Path | None, names: Sequence[str]) -> Path:
+    """The data root to read the held-out sets ``names`` (``eval.extra``) from; ``ClipclError``
+    when none is given or it is not a directory (the counterpart of :func:`resolve_data_root`)."""
     data_root = data_root or os.environ.get(DATA_ROOT_ENV)
     if not data_root:
         raise ClipclError(
@@ -180,6 +174,19 @@ def load_heldout(names: Sequence[str], data_root: str | Path | None) -> list[Tas
     root = Path(data_root).expanduser()
     if not root.is_dir():
         raise ClipclError(f"data root not found: {root} (eval.extra)")
+    return root
+
+
+def load_heldout(names: Sequence[str], data_root: str | Path | None) -> list[Task]:
+    """The held-out evaluation sets of ``eval.extra``: each dataset's test split as a task
+    (its class names and templates; never trained, so ``train`` is the test split too).
+
+    Raises:
+        ClipclError: No data root, or a dataset missing or malformed under it (all named).
+    """
+    if not names:
+        return []
+    root = heldout_data_root(data_root, names)
     bad = [c for c in (get_dataset(n).check(root) for n in names) if c.status != "present"]
     if bad:
         what = "; ".join(
