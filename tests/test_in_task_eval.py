@@ -130,3 +130,26 @@ def test_chain_ids_stay_at_the_default_and_bad_values_are_errors(tmp_path: Path)
         assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0]
         assert "eval.interval_steps" in lines[0]
     assert not root.exists()
+
+
+def test_in_task_row_file_skips_a_torn_last_line_and_names_a_bad_one(tmp_path: Path) -> None:
+    """Last write wins per (task, step, set); a torn last line is skipped; a line before it that
+    is not an in-task row (bad JSON, or a row without its step) is corrupt, named by number."""
+    from clipcl.results.records import CorruptRecords, EvalRow
+
+    run = RunDir(tmp_path / "c")
+    run.path.mkdir(parents=True)
+
+    def row(step: int | None, correct: int) -> str:
+        return EvalRow("c", 0, "t0", 0, "t0", correct, 10, step=step).to_json()
+
+    lines = [row(2, 1), row(4, 2), row(2, 3), '{"chain_id": "c", "trai']
+    run.intask_path.write_text("".join(line + "\n" for line in lines))
+    got = sorted((r.step, r.correct) for r in run.read_intask_rows())
+    assert got == [(2, 3), (4, 2)]
+    for bad in ("not json", row(None, 5)):
+        run.intask_path.write_text("".join(x + "\n" for x in [row(2, 1), bad, row(4, 2)]))
+        with pytest.raises(CorruptRecords, match="line 2 is not an in-task evaluation row"):
+            run.read_intask_rows()
+    run.intask_path.unlink()
+    assert run.read_intask_rows() == []

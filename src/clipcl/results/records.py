@@ -443,22 +443,9 @@ class RunDir:
         return self._read_rows(self.heldout_path, state)
 
     def _read_rows(self, path: Path, state: ChainState | None) -> list[EvalRow]:
-        if not path.is_file():
-            return []
         latest: dict[tuple[int, int], EvalRow] = {}
-        fields = EvalRow.__dataclass_fields__
-        lines = path.read_text(errors="replace").splitlines()
-        for number, line in enumerate(lines, start=1):
-            try:
-                d = json.loads(line)
-                row = EvalRow(**{k: d[k] for k in fields if k in d})
-            except (json.JSONDecodeError, KeyError, TypeError):
-                if number == len(lines):
-                    continue
-                raise CorruptRecords(
-                    f"{path}: line {number} is not an evaluation row; move the "
-                    "chain directory away to start the chain over"
-                ) from None
+        remedy = "move the chain directory away to start the chain over"
+        for row in _parse_rows(path, "an evaluation row", remedy):
             if state is not None:
                 wanted = state.attempt_of(row.trained_task)
                 if wanted is not None and row.attempt != wanted:
@@ -479,25 +466,10 @@ class RunDir:
         Raises:
             CorruptRecords: A line before the last is not an in-task row.
         """
-        if not self.intask_path.is_file():
-            return []
         latest: dict[tuple[int, int, int], EvalRow] = {}
-        fields = EvalRow.__dataclass_fields__
-        lines = self.intask_path.read_text(errors="replace").splitlines()
-        for number, line in enumerate(lines, start=1):
-            try:
-                d = json.loads(line)
-                row = EvalRow(**{k: d[k] for k in fields if k in d})
-                if row.step is None:
-                    raise KeyError("step")
-            except (json.JSONDecodeError, KeyError, TypeError):
-                if number == len(lines):
-                    continue
-                raise CorruptRecords(
-                    f"{self.intask_path}: line {number} is not an in-task evaluation row; "
-                    "delete the file to drop the in-task rows (the metrics never read them)"
-                ) from None
-            latest[(row.trained_task, row.step, row.eval_task)] = row
+        remedy = "delete the file to drop the in-task rows (the metrics never read them)"
+        for row in _parse_rows(self.intask_path, "an in-task evaluation row", remedy, step=True):
+            latest[(row.trained_task, row.step or 0, row.eval_task)] = row
         return list(latest.values())
 
     def problem(self) -> str | None:
@@ -656,3 +628,27 @@ class RunDir:
             return self.pid_path.stat().st_mtime_ns, self.pid_path.read_text()
         except OSError:
             return None
+
+
+def _parse_rows(path: Path, what: str, remedy: str, *, step: bool = False) -> Iterator[EvalRow]:
+    """The rows of a JSON-lines row file in order (none if it is absent); a torn last line (a
+    crash while appending) is skipped. ``step``: a row without its step is not a row.
+
+    Raises:
+        CorruptRecords: A line before the last is not ``what`` (the message says ``remedy``).
+    """
+    if not path.is_file():
+        return
+    fields = EvalRow.__dataclass_fields__
+    lines = path.read_text(errors="replace").splitlines()
+    for number, line in enumerate(lines, start=1):
+        try:
+            d = json.loads(line)
+            row = EvalRow(**{k: d[k] for k in fields if k in d})
+            if step and row.step is None:
+                raise KeyError("step")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            if number == len(lines):
+                continue
+            raise CorruptRecords(f"{path}: line {number} is not {what}; {remedy}") from None
+        yield row
